@@ -1,0 +1,31 @@
+# Two commands matter: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is installed first, so the loose `torch>=2.3` in pyproject.toml
+# is already satisfied and pip never pulls a multi-GB CUDA build. GPU machines override:
+#   make install TORCH_SPEC="torch==2.13.0"  (after pointing pip at a CUDA index)
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/tessera-pipeline demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/tessera-pipeline bench --model v1.1 --size 64x64
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,57 @@
+"""The `tessera-pipeline` entry point: a click group that imports each subcommand lazily."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from tessera_pipeline import __version__
+from tessera_pipeline.errors import TesseraError
+
+#: Subcommand name -> "module:attribute" under tessera_pipeline.cli.
+COMMANDS: dict[str, str] = {
+    "demo": "demo:demo",
+    "encode-tile": "encode_tile:encode_tile",
+    "bench": "bench:bench",
+    "tiles": "tiles:tiles",
+    "synth": "synth:synth",
+    "export": "export:export",
+    "verify": "verify:verify",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when it is used, so `--help` and each command start fast."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        module = importlib.import_module(f"tessera_pipeline.cli.{module_name}")
+        command: click.Command = getattr(module, attr)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Turn the pipeline's typed errors into one line and exit code 2, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except TesseraError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tessera-pipeline")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Compute Tessera embeddings for land tiles, upstream-compatible, on CPUs and GPUs."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
