@@ -1,0 +1,24 @@
+"""Upstream's per-pixel symmetric int8 quantisation and its inverse."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+MIN_SCALE = 1e-8
+
+
+def quantise(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D) float -> int8 codes and float32 scales: scale = max(max|e|/127, 1e-8); q = round_half_even(e/scale).
+
+    True division (not multiplication by 1/scale), as upstream: it decides near-ties.
+    """
+    e = embeddings.float()
+    scale = torch.clamp(e.abs().amax(dim=-1) / 127.0, min=MIN_SCALE)
+    q = torch.clamp(torch.round(e / scale[:, None]), -128, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantise(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """int8 (..., D) and float32 (...) scales -> float32 (..., D) = codes * scale."""
+    return codes.astype(np.float32) * scales[..., None]

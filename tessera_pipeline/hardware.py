@@ -1,0 +1,112 @@
+"""Hardware detection and the precision policy: what this process runs on and how it should compute.
+
+Policy (from the seeds' measurements): NVIDIA GPUs of compute capability >= 8.0 (A10, L4 and newer)
+run bf16 autocast; older ones (T4) run fp32, which is faster there. CPUs with AMX-BF16 or
+AVX512-BF16 run bf16 autocast; others run fp32. AMX CPUs scale best at about 8 pinned physical
+cores per process, so `physical_cores` lists one logical CPU per core for pinning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class HardwareInfo:
+    """What a worker runs on: a short `kind` label for provenance and routing, and CPU features."""
+
+    kind: str
+    device: str
+    cpu_model: str
+    cpu_flags: frozenset[str]
+    logical_cpus: int
+    physical_cores: tuple[int, ...]
+    gpu_name: str | None = None
+    gpu_capability: tuple[int, int] | None = None
+
+    @property
+    def has_amx_bf16(self) -> bool:
+        """Intel AMX tiles with bf16 (Sapphire Rapids and later)."""
+        return "amx_bf16" in self.cpu_flags
+
+    @property
+    def has_avx512_bf16(self) -> bool:
+        """AVX512-BF16 dot products (Cooper Lake, Sapphire Rapids, AMD Zen 4/5)."""
+        return "avx512_bf16" in self.cpu_flags
+
+
+def _cpu_flags_and_model() -> tuple[frozenset[str], str]:
+    flags: set[str] = set()
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and model in ("", "unknown", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        log.debug("no /proc/cpuinfo; CPU features unknown")
+    return frozenset(flags), model
+
+
+def physical_cores(allowed: set[int] | None = None) -> tuple[int, ...]:
+    """One logical CPU per physical core (the first sibling), within this process's affinity."""
+    allowed = allowed if allowed is not None else set(os.sched_getaffinity(0))
+    chosen: dict[str, int] = {}
+    for cpu in sorted(allowed):
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        key = siblings.read_text().strip() if siblings.exists() else str(cpu)
+        chosen.setdefault(key, cpu)
+    return tuple(sorted(chosen.values()))
+
+
+@lru_cache(maxsize=1)
+def detect(device: str = "auto") -> HardwareInfo:
+    """Describe the hardware a worker would use for `device` ("auto", "cpu" or "cuda[:n]")."""
+    flags, model = _cpu_flags_and_model()
+    cores = physical_cores()
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        index = torch.device(device if device.startswith("cuda") else "cuda").index or 0
+        name = torch.cuda.get_device_name(index)
+        cap = torch.cuda.get_device_capability(index)
+        short = name.replace("NVIDIA ", "").replace("Tesla ", "").split()[0]
+        return HardwareInfo(f"cuda-{short}", f"cuda:{index}", model, flags, os.cpu_count() or 1, cores, name, cap)
+    if "amx_bf16" in flags:
+        kind = "cpu-amx"
+    elif "avx512_bf16" in flags:
+        kind = "cpu-avx512bf16"
+    elif "avx512f" in flags:
+        kind = "cpu-avx512"
+    else:
+        kind = f"cpu-{platform.machine()}"
+    return HardwareInfo(kind, "cpu", model, flags, os.cpu_count() or 1, cores)
+
+
+def default_precision(hw: HardwareInfo) -> Precision:
+    """The fastest precision that keeps quality (see module docstring)."""
+    if hw.gpu_capability is not None:
+        return "bf16" if hw.gpu_capability >= (8, 0) else "fp32"
+    return "bf16" if (hw.has_amx_bf16 or hw.has_avx512_bf16) else "fp32"
+
+
+def configure_threads(threads: int | None, *, pin: bool = False) -> int:
+    """Set torch's intra-op threads (default: physical cores); optionally pin to physical cores."""
+    cores = physical_cores()
+    n = threads or len(cores) or 1
+    if pin and cores:
+        os.sched_setaffinity(0, set(cores[:n]))
+    torch.set_num_threads(n)
+    return n
