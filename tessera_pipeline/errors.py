@@ -54,3 +54,68 @@ class RegionError(TesseraError):
 
 class StoreError(TesseraError):
     """The embedding store cannot be read or written."""
+
+
+# --- inputs: one subclass per way a broken upstream stage shows up ------------------------
+
+
+class MissingFileError(InputError):
+    """A d-pixel file (or object) that must exist does not."""
+
+
+class CorruptFileError(InputError):
+    """A file is not a readable .npy (bad magic, bad header, truncated) or not a readable GeoTIFF."""
+
+
+class DtypeError(InputError):
+    """An array has the wrong dtype (e.g. float where upstream writes uint16)."""
+
+
+class ShapeMismatchError(InputError):
+    """An array's rank, time length, height or width disagrees with its siblings or the tile geometry."""
+
+
+class DoyError(InputError):
+    """Day-of-year values outside 1..366 or not sorted by date."""
+
+
+class NonFiniteError(InputError):
+    """An array holds NaN or infinity."""
+
+
+class RemoteInputError(InputError):
+    """An object store could not be read after retries (network, permissions, throttling)."""
+
+
+# --- grid / region: subclasses ----------------------------------------------------------
+
+
+class TileNameError(RegionError):
+    """A tile name or centre is not on the 0.1 degree grid."""
+
+
+class LandMaskError(RegionError):
+    """A land-mask source cannot be read or is not a usable mask."""
+
+
+class RegionFileError(RegionError):
+    """A region file (GeoJSON) cannot be read or holds no usable polygon."""
+
+
+class EmptySelectionError(RegionError):
+    """A region selects no land tile."""
+
+
+# --- store: subclasses -------------------------------------------------------------------
+
+
+class TileNotCompleteError(StoreError):
+    """A tile was asked for that has no commit marker: it was never written, or not finished."""
+
+
+class StoreConflictError(StoreError):
+    """A store's root describes a different model or format than the one being written."""
+
+
+class StoreIntegrityError(StoreError):
+    """A committed tile's data does not match its commit marker (checksum, shape or dtype)."""

@@ -1,10 +1,11 @@
 """Layer 4: one d-pixel tile in, int8 (H, W, 128) embeddings and float32 (H, W) scales out.
 
 The tile is streamed in row chunks (only one chunk's raw arrays are decoded at a time). Each
-stream is bucketed by its own length (the two backbones are independent until the concat, so this
-is exact and needs fewer shapes than upstream's (s2, s1) pairs); pooled vectors are fused by the
-reducer per pixel, then quantised per pixel. Empty streams (v1.1: no valid observation) give a
-constant pooled vector, computed once per encoder. No Ray and no storage here.
+stream is bucketed by its own length (the backbones are independent until the concat, so this is
+exact); pixels sorted by bucket are cut into packs of `batch_size` pixels whose tokens run through
+one set of GEMMs (`model.packed`). Pooled vectors are fused by the reducer per pixel and quantised
+per pixel. An empty v1.1 stream (no valid observation) has a constant pooled vector, computed once
+per encoder. No Ray and no storage here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,16 +25,26 @@ from tessera_pipeline.encode.quantise import quantise
 from tessera_pipeline.errors import EncodeError
 from tessera_pipeline.hardware import Precision
 from tessera_pipeline.inputs.tile import DPixelTile
-from tessera_pipeline.model.architecture import TesseraModel, TransformerEncoder
+from tessera_pipeline.model.architecture import BackboneConfig, TransformerEncoder
 from tessera_pipeline.model.checkpoint import LoadedModel
 from tessera_pipeline.model.flops import backbone_flops, reducer_flops
+from tessera_pipeline.model.packed import Pack, PackedBackbone
 
 log = logging.getLogger(__name__)
+
+Kernels = Literal["packed", "module"]
+Stream = Literal["s2", "s1"]
+#: Builds a stream's model input (n, length, bands+1) for chunk pixels that share one length.
+InputBuilder = Callable[[prepare.Chunk, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How to run the model: precision, pixels per forward batch, rows streamed per chunk, RNG seed."""
+    """How to run the model: precision, pixels per pack, pixels per streamed chunk, RNG seed, kernels.
+
+    `kernels="packed"` (default) runs mixed-length packs through fused GEMMs; `"module"` runs the
+    plain torch modules per bucket (under autocast for bf16), the reference path and the GPU path.
+    """
 
     precision: Precision = "fp32"
     batch_size: int = 256
@@ -40,6 +52,7 @@ class EncodeSettings:
     chunk_pixels: int = 32768
     seed: int = 0
     device: str = "cpu"
+    kernels: Kernels = "packed"
 
 
 @dataclass
@@ -68,9 +81,6 @@ class EncodedTile:
     stats: EncodeStats
 
 
-InputBuilder = Callable[[prepare.Chunk, np.ndarray, int, NormStats], np.ndarray]
-
-
 class TileEncoder:
     """Holds a loaded model (load once, encode many tiles) and encodes tiles under one precision policy."""
 
@@ -78,59 +88,74 @@ class TileEncoder:
         self.loaded = loaded
         self.settings = settings or EncodeSettings()
         self.device = torch.device(self.settings.device)
-        self.model: TesseraModel = loaded.model.to(self.device).eval()
+        self.model = loaded.model.to(self.device).eval()
         self.version = loaded.config.version
-        self.stats_table: NormStats = V1_1[self.settings.data_source] if self.version == "v1.1" else V1_0
-        self._empty: dict[str, torch.Tensor] = {}
+        self.norm: NormStats = V1_1[self.settings.data_source] if self.version == "v1.1" else V1_0
+        self._modules: dict[Stream, TransformerEncoder] = {"s2": self.model.s2_backbone, "s1": self.model.s1_backbone}
+        self._configs: dict[Stream, BackboneConfig] = {"s2": loaded.config.s2, "s1": loaded.config.s1}
+        self._packed: dict[Stream, PackedBackbone] = {}
+        if self.settings.kernels == "packed":
+            dtype = torch.bfloat16 if self.settings.precision == "bf16" else torch.float32
+            self._packed = {s: PackedBackbone(m, dtype) for s, m in self._modules.items()}
+        self._empty: dict[Stream, torch.Tensor] = {}
+
+    @property
+    def uses_fused_kernels(self) -> bool:
+        """Whether linears run through oneDNN's fused ops (packed kernels on a CPU build that has them)."""
+        return bool(self._packed) and self._packed["s2"].fused
 
     def autocast(self) -> torch.autocast:
-        """The precision policy as a context: bf16 autocast for GEMMs/attention, or plain fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16")
+        """The module path's precision policy: bf16 autocast for GEMMs and attention, or plain fp32."""
+        enabled = self.settings.precision == "bf16" and self.settings.kernels == "module"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _forward(self, backbone: TransformerEncoder, x: np.ndarray) -> torch.Tensor:
+    def _forward(self, stream: Stream, groups: list[np.ndarray], pack: Pack) -> torch.Tensor:
+        """Pooled (P, D) float32 vectors of a pack whose inputs come as one (n, length, C) array per group."""
         with torch.inference_mode(), self.autocast():
-            return backbone(torch.from_numpy(x).to(self.device))
+            if self._packed:
+                tokens = np.concatenate([g.reshape(-1, g.shape[-1]) for g in groups])
+                return self._packed[stream](torch.from_numpy(tokens).to(self.device), pack)
+            module = self._modules[stream]
+            return torch.cat([module(torch.from_numpy(g).to(self.device)).float() for g in groups])
 
-    def _empty_pooled(self, stream: str) -> torch.Tensor:
-        """The pooled vector of a stream with no valid observation (v1.1: 8 zero tokens), computed once."""
+    def _run_pack(self, stream: Stream, chunk: prepare.Chunk, pixels: np.ndarray, lengths: np.ndarray, build: InputBuilder) -> torch.Tensor:
+        """Pooled vectors for pixels sorted longest first, their inputs built group by group."""
+        pack = Pack.from_lengths(lengths)
+        groups = [build(chunk, pixels[first : first + count], length) for first, count, length, _ in pack.groups]
+        return self._forward(stream, groups, pack)
+
+    def _empty_pooled(self, stream: Stream) -> torch.Tensor:
+        """The pooled vector of a v1.1 stream with no valid observation (8 zero tokens), computed once."""
         if stream not in self._empty:
-            backbone = self.model.s2_backbone if stream == "s2" else self.model.s1_backbone
-            width = backbone.cfg.bands + 1
-            self._empty[stream] = self._forward(backbone, np.zeros((1, prepare.V1_1_BUCKETS[0], width), np.float32))[0]
+            length = prepare.V1_1_BUCKETS[0]
+            zeros = np.zeros((1, length, self._configs[stream].bands + 1), np.float32)
+            self._empty[stream] = self._forward(stream, [zeros], Pack.from_lengths(np.array([length])))[0]
         return self._empty[stream]
 
-    def _pool_stream(self, chunk: prepare.Chunk, stream: str, stats: EncodeStats) -> torch.Tensor:
-        """Pooled (N, D) vectors of one stream for every chunk pixel, batched per bucket length."""
-        valid = chunk.s2_valid if stream == "s2" else chunk.s1_valid
-        backbone = self.model.s2_backbone if stream == "s2" else self.model.s1_backbone
-        build: InputBuilder = prepare.v1_1_s2_input if stream == "s2" else prepare.v1_1_s1_input
-        tokens = stats.s2_tokens if stream == "s2" else stats.s1_tokens
-        n_valid = valid.sum(axis=1)
-        lengths = prepare.bucket_lengths(n_valid)
-        out = torch.empty(chunk.n_pixels, backbone.cfg.d_model, dtype=torch.float32, device=self.device)
-        empty = n_valid == 0
-        if empty.any():
-            out[torch.from_numpy(empty).to(self.device)] = self._empty_pooled(stream)
-            setattr(stats, f"empty_{stream}", getattr(stats, f"empty_{stream}") + int(empty.sum()))
-        for length in np.unique(lengths[~empty]):
-            pixels = np.flatnonzero((lengths == length) & ~empty)
-            tokens[int(length)] = tokens.get(int(length), 0) + len(pixels)
-            for start in range(0, len(pixels), self.settings.batch_size):
-                batch = pixels[start : start + self.settings.batch_size]
-                t0 = time.perf_counter()
-                x = build(chunk, batch, int(length), self.stats_table)
-                t1 = time.perf_counter()
-                out[torch.from_numpy(batch).to(self.device)] = self._forward(backbone, x)
-                stats.prepare_s += t1 - t0
-                stats.model_s += time.perf_counter() - t1
-                stats.flops += len(batch) * backbone_flops(backbone.cfg, int(length))
+    def _pool_stream(
+        self, stream: Stream, chunk: prepare.Chunk, pixels: np.ndarray, lengths: np.ndarray, build: InputBuilder, stats: EncodeStats
+    ) -> torch.Tensor:
+        """Pooled vectors of `pixels` (any order) for one stream, in packs of `batch_size` pixels."""
+        cfg = self._configs[stream]
+        out = torch.empty(len(pixels), cfg.d_model, dtype=torch.float32, device=self.device)
+        order = np.argsort(-lengths, kind="stable")
+        histogram = stats.s2_tokens if stream == "s2" else stats.s1_tokens
+        for length, count in zip(*np.unique(lengths, return_counts=True)):
+            histogram[int(length)] = histogram.get(int(length), 0) + int(count)
+        for start in range(0, len(order), self.settings.batch_size):
+            sel = order[start : start + self.settings.batch_size]
+            t0 = time.perf_counter()
+            out[torch.from_numpy(sel).to(self.device)] = self._run_pack(stream, chunk, pixels[sel], lengths[sel], build)
+            stats.model_s += time.perf_counter() - t0
+            stats.flops += sum(backbone_flops(cfg, int(n)) for n in lengths[sel])
         return out
 
     def _reduce(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray]:
         """Fuse pooled vectors, keep the saved dims, quantise per pixel."""
         t0 = time.perf_counter()
         codes, scales = [], []
-        with torch.inference_mode(), self.autocast():
+        bf16 = self.settings.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, s2.shape[0], 4096):
                 rep = self.model.reduce(s2[start : start + 4096], s1[start : start + 4096])
                 q, s = quantise(rep[:, : self.loaded.config.saved_dims])
@@ -138,32 +163,43 @@ class TileEncoder:
                 scales.append(s.cpu().numpy())
         stats.model_s += time.perf_counter() - t0
         stats.flops += s2.shape[0] * reducer_flops(self.loaded.config)
+        width = self.loaded.config.saved_dims
+        if not codes:
+            return np.zeros((0, width), np.int8), np.zeros(0, np.float32)
         return np.concatenate(codes), np.concatenate(scales)
 
-    def _encode_chunk_v1_1(self, chunk: prepare.Chunk, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s2 = self._pool_stream(chunk, "s2", stats)
-        s1 = self._pool_stream(chunk, "s1", stats)
-        codes, scales = self._reduce(s2, s1, stats)
-        return np.arange(chunk.n_pixels), codes, scales
+    def _v1_1_stream(self, stream: Stream, chunk: prepare.Chunk, stats: EncodeStats) -> torch.Tensor:
+        """Every chunk pixel's pooled vector for one v1.1 stream; empty streams take the constant."""
+        valid = chunk.s2_valid if stream == "s2" else chunk.s1_valid
+        raw = prepare.v1_1_s2_input if stream == "s2" else prepare.v1_1_s1_input
+        n_valid = valid.sum(axis=1)
+        lengths = prepare.bucket_lengths(n_valid)
+        out = torch.empty(chunk.n_pixels, self._configs[stream].d_model, dtype=torch.float32, device=self.device)
+        empty = n_valid == 0
+        if empty.any():
+            out[torch.from_numpy(empty).to(self.device)] = self._empty_pooled(stream)
+            setattr(stats, f"empty_{stream}", getattr(stats, f"empty_{stream}") + int(empty.sum()))
+        todo = np.flatnonzero(~empty)
+        if todo.size:
+            build: InputBuilder = lambda c, p, n: raw(c, p, n, self.norm)  # noqa: E731
+            out[torch.from_numpy(todo).to(self.device)] = self._pool_stream(stream, chunk, todo, lengths[todo], build, stats)
+        return out
 
-    def _encode_chunk_v1_0(self, chunk: prepare.Chunk, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keep = np.flatnonzero(prepare.v1_0_keep(chunk))
-        stats.skipped_pixels += chunk.n_pixels - len(keep)
-        cfg = self.loaded.config
-        s2_out = torch.empty(len(keep), cfg.s2.d_model, device=self.device)
-        s1_out = torch.empty(len(keep), cfg.s1.d_model, device=self.device)
-        for start in range(0, len(keep), self.settings.batch_size):
-            batch = keep[start : start + self.settings.batch_size]
-            t0 = time.perf_counter()
-            s2, s1 = prepare.v1_0_inputs(chunk, batch, self.stats_table, self.settings.seed)
-            t1 = time.perf_counter()
-            s2_out[start : start + len(batch)] = self._forward(self.model.s2_backbone, s2)
-            s1_out[start : start + len(batch)] = self._forward(self.model.s1_backbone, s1)
-            stats.prepare_s += t1 - t0
-            stats.model_s += time.perf_counter() - t1
-            stats.flops += len(batch) * (backbone_flops(cfg.s2, s2.shape[1]) + backbone_flops(cfg.s1, s1.shape[1]))
-        codes, scales = self._reduce(s2_out, s1_out, stats)
-        return keep, codes, scales
+    def _encode_chunk(self, chunk: prepare.Chunk, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk pixel indices encoded, their int8 codes, their scales)."""
+        if self.version == "v1.1":
+            where = np.arange(chunk.n_pixels)
+            s2 = self._v1_1_stream("s2", chunk, stats)
+            s1 = self._v1_1_stream("s1", chunk, stats)
+        else:
+            where = np.flatnonzero(prepare.v1_0_keep(chunk))
+            stats.skipped_pixels += chunk.n_pixels - len(where)
+            lengths = np.full(len(where), prepare.V1_0_SAMPLES)
+            seed = self.settings.seed
+            s2 = self._pool_stream("s2", chunk, where, lengths, lambda c, p, n: prepare.v1_0_s2_input(c, p, self.norm, seed), stats)
+            s1 = self._pool_stream("s1", chunk, where, lengths, lambda c, p, n: prepare.v1_0_s1_input(c, p, self.norm, seed), stats)
+        codes, scales = self._reduce(s2, s1, stats)
+        return where, codes, scales
 
     def encode(self, tile: DPixelTile, *, progress: Callable[[int], None] | None = None) -> EncodedTile:
         """Encode a whole tile in row chunks; `progress` is called with the pixels finished per chunk."""
@@ -175,7 +211,6 @@ class TileEncoder:
         stats = EncodeStats(pixels=h * w)
         rows = max(1, self.settings.chunk_pixels // max(w, 1))
         started = time.perf_counter()
-        encode_chunk = self._encode_chunk_v1_1 if self.version == "v1.1" else self._encode_chunk_v1_0
         for row0 in range(0, h, rows):
             row1 = min(h, row0 + rows)
             t0 = time.perf_counter()
@@ -184,11 +219,12 @@ class TileEncoder:
             except (OSError, ValueError) as exc:
                 raise EncodeError(f"reading rows {row0}:{row1} failed ({exc})", tile=tile.name) from exc
             stats.prepare_s += time.perf_counter() - t0
-            where, codes, chunk_scales = encode_chunk(chunk, stats)
+            where, codes, chunk_scales = self._encode_chunk(chunk, stats)
             flat_emb[chunk.pixel_index[where]] = codes
             flat_scales[chunk.pixel_index[where]] = chunk_scales
             if progress is not None:
                 progress(chunk.n_pixels)
         stats.total_s = time.perf_counter() - started
+        stats.prepare_s = max(0.0, stats.total_s - stats.model_s)
         log.info("encoded %s: %d px in %.1f s (%.2f ms/px)", tile.name, h * w, stats.total_s, 1e3 * stats.total_s / max(h * w, 1))
         return EncodedTile(name=tile.name, embeddings=embeddings, scales=scales, stats=stats)

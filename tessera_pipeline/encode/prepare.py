@@ -199,23 +199,28 @@ def v1_0_keep(chunk: Chunk) -> np.ndarray:
     return chunk.s2.reshape(chunk.n_pixels, -1).any(axis=1)
 
 
-def v1_0_inputs(chunk: Chunk, pixels: np.ndarray, stats: NormStats, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """S2 (P, 40, 11) and S1 (P, 40, 3) inputs with v1.0's single S1 statistics for both orbits."""
-    idx = chunk.pixel_index[pixels]
-    s2_pos = sample_positions(chunk.s2_valid[pixels], idx, seed, stream=2)
-    t2 = chunk.s2.shape[1]
-    s2 = _assemble(
-        chunk.s2[pixels], s2_pos, np.broadcast_to(stats.s2_mean, (t2, 10)), np.broadcast_to(stats.s2_std, (t2, 10)), chunk.s2_doy
-    )
+def v1_0_s2_input(chunk: Chunk, pixels: np.ndarray, stats: NormStats, seed: int) -> np.ndarray:
+    """S2 input (P, 40, 11): 40 sampled observations (clear ones when there are any), date order."""
+    pos = sample_positions(chunk.s2_valid[pixels], chunk.pixel_index[pixels], seed, stream=2)
+    t = chunk.s2.shape[1]
+    mean = np.broadcast_to(stats.s2_mean, (t, stats.s2_mean.size))
+    std = np.broadcast_to(stats.s2_std, (t, stats.s2_std.size))
+    return _assemble(chunk.s2[pixels], pos, mean, std, chunk.s2_doy)
+
+
+def v1_0_s1_input(chunk: Chunk, pixels: np.ndarray, stats: NormStats, seed: int) -> np.ndarray:
+    """S1 input (P, 40, 3) from ascending-then-descending frames, v1.0's one S1 statistic for both.
+
+    With both orbits empty, upstream substitutes one zero frame (DOY 180) per orbit.
+    """
     values, valid, doy = chunk.s1[pixels], chunk.s1_valid[pixels], chunk.s1_doy
     if values.shape[1] == 0:
         values = np.zeros((len(pixels), 2, 2), dtype=np.int16)
         valid = np.zeros((len(pixels), 2), dtype=bool)
         doy = np.full(2, V1_0_EMPTY_S1_DOY, dtype=np.float32)
-    s1_pos = sample_positions(valid, idx, seed, stream=1)
-    t1 = values.shape[1]
-    s1 = _assemble(values, s1_pos, np.broadcast_to(stats.s1a_mean, (t1, 2)), np.broadcast_to(stats.s1a_std, (t1, 2)), doy)
-    return s2, s1
+    pos = sample_positions(valid, chunk.pixel_index[pixels], seed, stream=1)
+    t = values.shape[1]
+    return _assemble(values, pos, np.broadcast_to(stats.s1a_mean, (t, 2)), np.broadcast_to(stats.s1a_std, (t, 2)), doy)
 
 
 __all__ = [
@@ -226,7 +231,8 @@ __all__ = [
     "read_chunk",
     "sample_positions",
     "standardise",
-    "v1_0_inputs",
+    "v1_0_s1_input",
+    "v1_0_s2_input",
     "v1_0_keep",
     "v1_1_s1_input",
     "v1_1_s2_input",

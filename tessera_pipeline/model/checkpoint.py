@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class LoadedModel:
     config: ModelConfig
     checkpoint_sha256: str
     source: str
+    checkpoint_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _cache_dir() -> Path:
@@ -193,4 +194,4 @@ def load_model(source: str, *, version: ModelVersion | None = None, trust_pickle
             raise CheckpointError(f"{source}: key {key} has shape {tuple(got.shape)}, expected {tuple(tensor.shape)}")
     model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()}, strict=True)
     model.requires_grad_(False)
-    return LoadedModel(model=model, config=cfg, checkpoint_sha256=ckpt.sha256, source=source)
+    return LoadedModel(model=model, config=cfg, checkpoint_sha256=ckpt.sha256, source=source, checkpoint_config=ckpt.config)

@@ -1,0 +1,87 @@
+"""`tessera-pipeline bench`: encoder speed and MFU in fp32 and bf16, bf16 quality, and store I/O."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tessera_pipeline.inputs.synthetic import parse_size
+
+
+@click.command("bench")
+@click.option("--model", "model_version", type=click.Choice(["v1.0", "v1.1"]), default="v1.1", show_default=True)
+@click.option("--size", default="64x64", show_default=True, help="Synthetic tile size HxW.")
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "bf16"]), multiple=True,
+              help="Precisions to run (repeatable; default both, which also gives bf16-vs-fp32 quality).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Pixels per forward pack.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: physical cores).")
+@click.option("--peak-seconds", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="Seconds per GEMM shape when measuring the matmul peak (before and after each encode).")
+@click.option("--store/--no-store", "with_store", default=True, show_default=True,
+              help="Also time writing and reading back a full 1126 x 690 tile in a local store.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def bench(model_version: str, size: str, precisions: tuple[str, ...], batch_size: int, threads: int | None,
+          peak_seconds: float, with_store: bool, as_json: bool) -> None:
+    """Benchmark the encoder on a synthetic tile with a real-size RANDOM-WEIGHT model.
+
+    Reports ms/pixel, useful GFLOP/s, this machine's matmul peak measured in the same run, MFU, and
+    bf16's agreement with fp32. Weights are random: it measures speed, not embeddings.
+    """
+    from tessera_pipeline.bench.encoder_bench import run_encoder_bench
+    from tessera_pipeline.hardware import configure_threads
+
+    console = Console(stderr=True, quiet=as_json)
+    configure_threads(threads)
+    height, width = parse_size(size)
+    report = run_encoder_bench(
+        model_version,  # type: ignore[arg-type]
+        (height, width),
+        precisions=tuple(precisions) or ("fp32", "bf16"),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        threads=threads,
+        peak_seconds=peak_seconds,
+        on_progress=lambda msg: console.log(msg),
+    )
+    result = report.model_dump()
+    if with_store:
+        from tessera_pipeline.bench.store_bench import bench_store
+
+        console.log("store: writing and reading a 1126 x 690 tile")
+        store = bench_store(1126, 690)
+        result.update(store)
+        if report.ms_per_pixel_bf16:
+            encode_s = report.ms_per_pixel_bf16 * 1126 * 690 / 1e3
+            result["tile_encode_s_bf16_estimate"] = encode_s
+            result["store_write_fraction_of_bf16_encode"] = store["store_write_s"] / encode_s
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    _print_tables(result)
+
+
+def _print_tables(r: dict) -> None:
+    console = Console()
+    console.print(
+        f"[bold]{r['model']}[/] on a synthetic {r['size'][0]}x{r['size'][1]} tile ({r['pixels']} px), {r['weights']}; "
+        f"{r['hardware']} ({r['cpu_model']}), {r['threads']} threads, batch {r['batch_size']}, torch {r['torch_version']}"
+    )
+    console.print(f"mean tokens S2 {r['mean_s2_tokens']:.1f}, S1 {r['mean_s1_tokens']:.1f}; {r['gflop_per_pixel']:.2f} GFLOP/pixel")
+    table = Table("precision", "ms/pixel", "GFLOP/s", "matmul peak GFLOP/s", "MFU", "fused kernels")
+    for name, run in r["runs"].items():
+        table.add_row(name, f"{run['ms_per_pixel']:.2f}", f"{run['gflops']:.0f}", f"{run['peak_gflops']:.0f}",
+                      f"{run['mfu']:.2f}", "yes" if run["fused_kernels"] else "no")
+    console.print(table)
+    if r.get("quality"):
+        q = r["quality"]
+        qt = Table("bf16 vs fp32", "exact", "off by 1", "off by 2+", "cosine mean", "cosine min")
+        qt.add_row("int8", f"{100 * q['exact']:.1f}%", f"{100 * q['off_by_1']:.1f}%", f"{100 * q['off_by_2_plus']:.2f}%",
+                   f"{q['cosine_mean']:.5f}", f"{q['cosine_min']:.5f}")
+        console.print(qt)
+    if "store_write_s" in r:
+        line = f"store, 1126x690 tile: write {r['store_write_s']:.2f} s, read {r['store_read_s']:.2f} s"
+        if "store_write_fraction_of_bf16_encode" in r:
+            line += f" ({100 * r['store_write_fraction_of_bf16_encode']:.2f}% of the bf16 encode time of that tile)"
+        console.print(line)

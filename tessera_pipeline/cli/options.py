@@ -1,0 +1,132 @@
+"""Click options shared by commands that select tiles: the region flags and the land-mask choice.
+
+Usage in a command::
+
+    @click.command()
+    @region_options
+    def export(region: RegionRequest, ...) -> None:
+        tiles = select_tiles(region)          # a TileSet (vectorised), or
+        names = region_tile_names(region)     # a plain list of tile names
+
+The decorator collects `--bbox`, `--region-file`, `--tiles`, `--global` and `--landmask` into a single
+keyword argument `region` (a frozen `RegionRequest`), so commands need not repeat five parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from tessera_pipeline.errors import RegionError
+
+if TYPE_CHECKING:
+    from tessera_pipeline.grid import TileSet
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RegionRequest:
+    """What the user asked for on the command line; exactly one selector when `given`."""
+
+    bbox: str | None = None
+    region_file: Path | None = None
+    tiles_file: Path | None = None
+    global_: bool = False
+    landmask: str = "globe"
+
+    @property
+    def given(self) -> bool:
+        """True when any selector (bbox, region file, tile list, global) was passed."""
+        return bool(self.bbox or self.region_file or self.tiles_file or self.global_)
+
+
+def region_options(func: F) -> F:
+    """Add the region flags to a click command and pass them on as one `region: RegionRequest`."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        bbox: str | None,
+        region_file: Path | None,
+        tiles_file: Path | None,
+        global_: bool,
+        landmask: str,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs["region"] = RegionRequest(
+            bbox=bbox, region_file=region_file, tiles_file=tiles_file, global_=global_, landmask=landmask
+        )
+        return func(*args, **kwargs)
+
+    decorators = [
+        click.option(
+            "--bbox",
+            metavar="W,S,E,N",
+            default=None,
+            help="Longitude/latitude box in degrees; W > E wraps across the antimeridian.",
+        ),
+        click.option(
+            "--region-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="GeoJSON Polygon/MultiPolygon/Feature(Collection); a declared `crs` is honoured.",
+        ),
+        click.option(
+            "--tiles",
+            "tiles_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="Tile list: CSV/Parquet with lon,lat or name columns, or a text file of tile names.",
+        ),
+        click.option("--global", "global_", is_flag=True, default=False, help="Every land tile on Earth."),
+        click.option(
+            "--landmask",
+            default="globe",
+            show_default=True,
+            metavar="globe|none|FILE",
+            help="Which tiles count as land: the embedded GLOBE mask, none (every cell), "
+            "a tile list (CSV/Parquet) or a GeoTIFF mask.",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        wrapper = decorate(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def select_tiles(region: RegionRequest) -> TileSet:
+    """Resolve a `RegionRequest` to the selected land tiles; raises RegionError if none or ambiguous."""
+    from tessera_pipeline import landmask, region as region_mod
+
+    chosen = [
+        flag
+        for flag, value in (
+            ("--bbox", region.bbox),
+            ("--region-file", region.region_file),
+            ("--tiles", region.tiles_file),
+            ("--global", region.global_),
+        )
+        if value
+    ]
+    if not chosen:
+        raise RegionError("no region given: pass one of --bbox, --region-file, --tiles or --global")
+    if len(chosen) > 1:
+        raise RegionError(f"choose one region selector, got {' and '.join(chosen)}")
+    mask = landmask.load_landmask(region.landmask)
+    if region.bbox:
+        return region_mod.select_bbox(region_mod.parse_bbox(region.bbox), mask)
+    if region.region_file:
+        return region_mod.select_geojson(region.region_file, mask)
+    if region.tiles_file:
+        return region_mod.select_tile_file(region.tiles_file, mask)
+    return region_mod.select_global(mask)
+
+
+def region_tile_names(region: RegionRequest) -> list[str]:
+    """Resolve a `RegionRequest` to a sorted list of tile names (see `select_tiles`)."""
+    return select_tiles(region).names()

@@ -1,0 +1,194 @@
+"""Packed, fused inference of one backbone: many pixels of mixed lengths in one set of big GEMMs.
+
+Every linear layer of the backbone acts token by token, so the tokens of pixels with different
+bucket lengths can share one GEMM; only attention, the GRU and the pooling need sequence
+structure. A pack holds pixels sorted by length (longest first), their tokens concatenated:
+GEMMs run over all tokens at once, attention runs per group of equal length, and the GRU advances
+only the prefix of pixels still inside their sequence. No padding token is ever computed, so the
+result is exactly upstream's per-bucket computation, without the ragged small batches of buckets.
+
+On CPUs the linears run through oneDNN with bias, ReLU and residual adds fused
+(`mkldnn::_linear_pointwise`) when the build has it. In bf16 the weights are cast once and
+activations stay bf16 between GEMMs; as under autocast, the day-of-year sinusoid, LayerNorm
+statistics, attention softmax, GRU gates and state, pooling weights and sum stay float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tessera_pipeline.model.architecture import TransformerEncoder, doy_encoding
+
+_MKLDNN = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_available() -> bool:
+    """Whether oneDNN's fused linear ops are present in this torch build."""
+    return _MKLDNN and torch.backends.mkldnn.is_available()
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Pixels sorted by length (non-increasing) and the layout of their concatenated tokens."""
+
+    lengths: np.ndarray  # (P,) tokens per pixel, non-increasing
+    offsets: np.ndarray  # (P,) first token row of each pixel
+    groups: tuple[tuple[int, int, int, int], ...]  # (first pixel, pixels, length, first token row)
+
+    @classmethod
+    def from_lengths(cls, lengths: np.ndarray) -> Pack:
+        """Describe a pack; `lengths` must already be sorted longest first."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.size and np.any(np.diff(lengths) > 0):
+            raise ValueError("pack lengths must be sorted longest first")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        groups = []
+        start = 0
+        for length, count in zip(*_runs(lengths)):
+            groups.append((start, count, int(length), int(offsets[start])))
+            start += count
+        return cls(lengths=lengths, offsets=offsets, groups=tuple(groups))
+
+    @property
+    def n_tokens(self) -> int:
+        """Total tokens in the pack."""
+        return int(self.lengths.sum())
+
+
+def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run-length encoding of a 1-D array: (values, counts)."""
+    if values.size == 0:
+        return values, values
+    edges = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate([[0], edges])
+    counts = np.diff(np.concatenate([starts, [values.size]]))
+    return values[starts], counts
+
+
+class _Linear:
+    """A linear layer in the compute dtype, with optional fused ReLU or residual add."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, fused: bool) -> None:
+        self.weight = weight.detach().to(dtype).contiguous()
+        self.bias = bias.detach().to(dtype).contiguous() if bias is not None else None
+        self.fused = fused
+
+    def __call__(self, x: torch.Tensor, *, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fused:
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "relu" if relu else "none", [], "")
+        y = F.linear(x, self.weight, self.bias)
+        if relu:
+            y = F.relu_(y)
+        return y.add_(residual) if residual is not None else y
+
+
+class PackedBackbone:
+    """Inference-only view of a `TransformerEncoder` that runs packs in fp32 or bf16."""
+
+    def __init__(self, module: TransformerEncoder, dtype: torch.dtype = torch.bfloat16, *, fused: bool | None = None) -> None:
+        cfg = module.cfg
+        self.cfg = cfg
+        self.dtype = dtype
+        device = module.embedding[0].weight.device
+        self.device = device
+        use_fused = (fused if fused is not None else True) and device.type == "cpu" and fused_available()
+        self.fused = use_fused
+
+        def lin(weight: torch.Tensor, bias: torch.Tensor | None) -> _Linear:
+            return _Linear(weight, bias, dtype, use_fused)
+
+        emb = module.embedding
+        self.emb0 = lin(emb[0].weight, emb[0].bias)
+        self.emb2 = lin(emb[2].weight, emb[2].bias)
+        self.layers = []
+        for layer in module.transformer_encoder.layers:
+            att = layer.self_attn
+            self.layers.append(
+                (
+                    lin(att.in_proj_weight, att.in_proj_bias),
+                    lin(att.out_proj.weight, att.out_proj.bias),
+                    lin(layer.linear1.weight, layer.linear1.bias),
+                    lin(layer.linear2.weight, layer.linear2.bias),
+                    (layer.norm1.weight.detach(), layer.norm1.bias.detach(), layer.norm1.eps),
+                    (layer.norm2.weight.detach(), layer.norm2.bias.detach(), layer.norm2.eps),
+                )
+            )
+        pool = module.attn_pool
+        cell = pool.temporal_context.gru_cell
+        self.w_in = lin(torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight]), None)
+        self.w_rz = lin(torch.cat([cell.W_hr.weight, cell.W_hz.weight]), None)
+        self.w_hh = lin(cell.W_hh.weight, None)
+        self.b_r, self.b_z, self.b_h = (cell.b_r.detach().float(), cell.b_z.detach().float(), cell.b_h.detach().float())
+        ln = pool.layer_norm
+        self.pool_ln = (ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
+        self.query_w = pool.query.weight.detach().float()
+        self.query_b = pool.query.bias.detach().float()
+
+    def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
+        """LayerNorm with float32 statistics and affine parameters, output in x's dtype."""
+        weight, bias, eps = params
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+    def _attention(self, qkv: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """Self-attention per group of equal-length pixels (no mask: upstream uses none)."""
+        d, heads = self.cfg.d_model, self.cfg.n_heads
+        out = torch.empty(qkv.shape[0], d, dtype=qkv.dtype, device=qkv.device)
+        for _, count, length, row in pack.groups:
+            rows = slice(row, row + count * length)
+            q, k, v = qkv[rows].view(count, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(q, k, v)
+            out[rows] = att.transpose(1, 2).reshape(count * length, d)
+        return out
+
+    def _gru_context(self, x: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """The custom GRU over each pixel's own tokens; step t advances only pixels longer than t."""
+        d = self.cfg.d_model
+        x_proj = self.w_in(x).float()
+        offsets = torch.from_numpy(pack.offsets).to(x.device)
+        active = np.searchsorted(-pack.lengths, -np.arange(int(pack.lengths[0])), side="left")
+        h = torch.zeros(len(pack.lengths), d, dtype=torch.float32, device=x.device)
+        context = torch.empty(x.shape[0], d, dtype=torch.float32, device=x.device)
+        for step, n in enumerate(active.tolist()):
+            rows = offsets[:n] + step
+            xr, xz, xh = x_proj[rows].split(d, dim=-1)
+            h_prev = h[:n]
+            hr, hz = self.w_rz(h_prev.to(self.dtype)).float().split(d, dim=-1)
+            r = torch.sigmoid(xr + hr + self.b_r)
+            z = torch.sigmoid(xz + hz + self.b_z)
+            h_tilde = torch.tanh(xh + self.w_hh((r * h_prev).to(self.dtype)).float() + self.b_h)
+            h_new = (1 - z) * h_prev + z * h_tilde
+            h[:n] = h_new
+            context[rows] = h_new
+        return context
+
+    def _pool(self, x: torch.Tensor, context: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """LayerNorm(context) -> query -> softmax over each pixel's tokens -> weighted sum of x."""
+        d = self.cfg.d_model
+        scores = F.linear(self._layer_norm(context, self.pool_ln), self.query_w, self.query_b)
+        pooled = torch.empty(len(pack.lengths), d, dtype=torch.float32, device=x.device)
+        for first, count, length, row in pack.groups:
+            rows = slice(row, row + count * length)
+            xs = x[rows].view(count, length, d).float()
+            if length == 1:
+                pooled[first : first + count] = xs[:, 0]
+                continue
+            weights = torch.softmax(scores[rows].view(count, length, 1), dim=1)
+            pooled[first : first + count] = torch.bmm(weights.transpose(1, 2), xs).squeeze(1)
+        return pooled
+
+    def __call__(self, tokens: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """tokens (n_tokens, bands+1) float32, raw DOY last, in pack order -> pooled (P, d_model) float32."""
+        d = self.cfg.d_model
+        pe = doy_encoding(tokens[:, -1], d)
+        h = self.emb2(self.emb0(tokens[:, :-1].to(self.dtype), relu=True))
+        h = (h.float() + pe).to(self.dtype)
+        for qkv, out, lin1, lin2, norm1, norm2 in self.layers:
+            h = self._layer_norm(out(self._attention(qkv(h), pack), residual=h), norm1)
+            h = self._layer_norm(lin2(lin1(h, relu=True), residual=h), norm2)
+        return self._pool(h, self._gru_context(h, pack), pack)
