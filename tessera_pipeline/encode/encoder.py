@@ -33,6 +33,8 @@ from tessera_pipeline.model.packed import Pack, PackedBackbone
 log = logging.getLogger(__name__)
 
 Kernels = Literal["packed", "module"]
+#: A pack holds about batch_size * TOKENS_PER_PIXEL tokens (pixels x their bucket lengths).
+TOKENS_PER_PIXEL = 64
 Stream = Literal["s2", "s1"]
 #: Builds a stream's model input (n, length, bands+1) for chunk pixels that share one length.
 InputBuilder = Callable[[prepare.Chunk, np.ndarray, int], np.ndarray]
@@ -40,7 +42,10 @@ InputBuilder = Callable[[prepare.Chunk, np.ndarray, int], np.ndarray]
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How to run the model: precision, pixels per pack, pixels per streamed chunk, RNG seed, kernels.
+    """How to run the model: precision, pack size, pixels per streamed chunk, RNG seed, kernels.
+
+    `batch_size` is in pixels of 64 tokens: a pack holds up to batch_size * 64 tokens, so short
+    sequences pack more pixels and long ones fewer, and every full pack has the same GEMM shape.
 
     `kernels="packed"` (default) runs mixed-length packs through fused GEMMs; `"module"` runs the
     plain torch modules per bucket (under autocast for bf16), the reference path and the GPU path.
@@ -79,6 +84,21 @@ class EncodedTile:
     embeddings: np.ndarray  # int8 (H, W, 128)
     scales: np.ndarray  # float32 (H, W)
     stats: EncodeStats
+
+
+def pack_slices(sorted_lengths: np.ndarray, token_budget: int) -> list[slice]:
+    """Cut pixels (sorted longest first) into consecutive packs of at most `token_budget` tokens each.
+
+    Greedy and loop-per-pack (not per pixel); a pixel longer than the budget gets a pack of its own.
+    """
+    cumulative = np.cumsum(sorted_lengths)
+    slices, start, base = [], 0, 0
+    while start < len(sorted_lengths):
+        end = max(int(np.searchsorted(cumulative, base + token_budget, side="right")), start + 1)
+        slices.append(slice(start, end))
+        base = int(cumulative[end - 1])
+        start = end
+    return slices
 
 
 class TileEncoder:
@@ -142,31 +162,25 @@ class TileEncoder:
         histogram = stats.s2_tokens if stream == "s2" else stats.s1_tokens
         for length, count in zip(*np.unique(lengths, return_counts=True)):
             histogram[int(length)] = histogram.get(int(length), 0) + int(count)
-        for start in range(0, len(order), self.settings.batch_size):
-            sel = order[start : start + self.settings.batch_size]
+        for sel in pack_slices(lengths[order], self.settings.batch_size * TOKENS_PER_PIXEL):
+            pick = order[sel]
             t0 = time.perf_counter()
-            out[torch.from_numpy(sel).to(self.device)] = self._run_pack(stream, chunk, pixels[sel], lengths[sel], build)
+            out[torch.from_numpy(pick).to(self.device)] = self._run_pack(stream, chunk, pixels[pick], lengths[pick], build)
             stats.model_s += time.perf_counter() - t0
-            stats.flops += sum(backbone_flops(cfg, int(n)) for n in lengths[sel])
+            stats.flops += float(sum(backbone_flops(cfg, int(n)) * int(c) for n, c in zip(*np.unique(lengths[pick], return_counts=True))))
         return out
 
-    def _reduce(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray]:
-        """Fuse pooled vectors, keep the saved dims, quantise per pixel."""
+    def _reduce(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> torch.Tensor:
+        """Fuse pooled vectors into full representations (N, representation_dim) float32."""
         t0 = time.perf_counter()
-        codes, scales = [], []
         bf16 = self.settings.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            for start in range(0, s2.shape[0], 4096):
-                rep = self.model.reduce(s2[start : start + 4096], s1[start : start + 4096])
-                q, s = quantise(rep[:, : self.loaded.config.saved_dims])
-                codes.append(q.cpu().numpy())
-                scales.append(s.cpu().numpy())
+            reps = [self.model.reduce(s2[i : i + 4096], s1[i : i + 4096]) for i in range(0, s2.shape[0], 4096)]
         stats.model_s += time.perf_counter() - t0
         stats.flops += s2.shape[0] * reducer_flops(self.loaded.config)
-        width = self.loaded.config.saved_dims
-        if not codes:
-            return np.zeros((0, width), np.int8), np.zeros(0, np.float32)
-        return np.concatenate(codes), np.concatenate(scales)
+        if not reps:
+            return torch.zeros(0, self.loaded.config.representation_dim, device=self.device)
+        return torch.cat(reps)
 
     def _v1_1_stream(self, stream: Stream, chunk: prepare.Chunk, stats: EncodeStats) -> torch.Tensor:
         """Every chunk pixel's pooled vector for one v1.1 stream; empty streams take the constant."""
@@ -185,8 +199,9 @@ class TileEncoder:
             out[torch.from_numpy(todo).to(self.device)] = self._pool_stream(stream, chunk, todo, lengths[todo], build, stats)
         return out
 
-    def _encode_chunk(self, chunk: prepare.Chunk, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(chunk pixel indices encoded, their int8 codes, their scales)."""
+    def embed_chunk(self, chunk: prepare.Chunk, stats: EncodeStats | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Chunk pixel indices the model encodes and their full float32 representations (before quantisation)."""
+        stats = stats if stats is not None else EncodeStats()
         if self.version == "v1.1":
             where = np.arange(chunk.n_pixels)
             s2 = self._v1_1_stream("s2", chunk, stats)
@@ -198,8 +213,14 @@ class TileEncoder:
             seed = self.settings.seed
             s2 = self._pool_stream("s2", chunk, where, lengths, lambda c, p, n: prepare.v1_0_s2_input(c, p, self.norm, seed), stats)
             s1 = self._pool_stream("s1", chunk, where, lengths, lambda c, p, n: prepare.v1_0_s1_input(c, p, self.norm, seed), stats)
-        codes, scales = self._reduce(s2, s1, stats)
-        return where, codes, scales
+        return where, self._reduce(s2, s1, stats)
+
+    def _encode_chunk(self, chunk: prepare.Chunk, stats: EncodeStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk pixel indices encoded, their int8 codes, their scales): the saved dims, quantised per pixel."""
+        where, reps = self.embed_chunk(chunk, stats)
+        with torch.inference_mode():
+            codes, scales = quantise(reps[:, : self.loaded.config.saved_dims])
+        return where, codes.cpu().numpy(), scales.cpu().numpy()
 
     def encode(self, tile: DPixelTile, *, progress: Callable[[int], None] | None = None) -> EncodedTile:
         """Encode a whole tile in row chunks; `progress` is called with the pixels finished per chunk."""

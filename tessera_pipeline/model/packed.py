@@ -3,8 +3,9 @@
 Every linear layer of the backbone acts token by token, so the tokens of pixels with different
 bucket lengths can share one GEMM; only attention, the GRU and the pooling need sequence
 structure. A pack holds pixels sorted by length (longest first), their tokens concatenated:
-GEMMs run over all tokens at once, attention runs per group of equal length, and the GRU advances
-only the prefix of pixels still inside their sequence. No padding token is ever computed, so the
+GEMMs run over all tokens at once (rows padded to a multiple of ROW_QUANTUM with zero tokens whose
+outputs are never read), attention runs per group of equal length, and the GRU advances only the
+prefix of pixels still inside their sequence. No padding token is ever computed, so the
 result is exactly upstream's per-bucket computation, without the ragged small batches of buckets.
 
 On CPUs the linears run through oneDNN with bias, ReLU and residual adds fused
@@ -22,6 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from tessera_pipeline.model.architecture import TransformerEncoder, doy_encoding
+
+#: Token rows are padded to a multiple of this, and GRU batches to a multiple of PIXEL_QUANTUM, so
+#: oneDNN sees few distinct GEMM shapes (a new shape costs a kernel build, ~25 % of a big GEMM).
+ROW_QUANTUM = 1024
+PIXEL_QUANTUM = 32
+
+#: Day-of-year sinusoids are tabulated for DOY 0..366 (0 is the zero token of an empty stream).
+DOY_TABLE_SIZE = 367
 
 _MKLDNN = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -57,6 +66,11 @@ class Pack:
     def n_tokens(self) -> int:
         """Total tokens in the pack."""
         return int(self.lengths.sum())
+
+
+def round_up(n: int, quantum: int) -> int:
+    """Smallest multiple of `quantum` that is >= n."""
+    return -(-n // quantum) * quantum
 
 
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +138,12 @@ class PackedBackbone:
         self.w_in = lin(torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight]), None)
         self.w_rz = lin(torch.cat([cell.W_hr.weight, cell.W_hz.weight]), None)
         self.w_hh = lin(cell.W_hh.weight, None)
-        self.b_r, self.b_z, self.b_h = (cell.b_r.detach().float(), cell.b_z.detach().float(), cell.b_h.detach().float())
+        self.b_in = torch.cat([cell.b_r, cell.b_z, cell.b_h]).detach().float()
         ln = pool.layer_norm
         self.pool_ln = (ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
         self.query_w = pool.query.weight.detach().float()
         self.query_b = pool.query.bias.detach().float()
+        self.doy_table = doy_encoding(torch.arange(DOY_TABLE_SIZE, device=device), cfg.d_model)
 
     def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
         """LayerNorm with float32 statistics and affine parameters, output in x's dtype."""
@@ -138,7 +153,7 @@ class PackedBackbone:
     def _attention(self, qkv: torch.Tensor, pack: Pack) -> torch.Tensor:
         """Self-attention per group of equal-length pixels (no mask: upstream uses none)."""
         d, heads = self.cfg.d_model, self.cfg.n_heads
-        out = torch.empty(qkv.shape[0], d, dtype=qkv.dtype, device=qkv.device)
+        out = torch.zeros(qkv.shape[0], d, dtype=qkv.dtype, device=qkv.device)
         for _, count, length, row in pack.groups:
             rows = slice(row, row + count * length)
             q, k, v = qkv[rows].view(count, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
@@ -147,22 +162,30 @@ class PackedBackbone:
         return out
 
     def _gru_context(self, x: torch.Tensor, pack: Pack) -> torch.Tensor:
-        """The custom GRU over each pixel's own tokens; step t advances only pixels longer than t."""
+        """The custom GRU over each pixel's own tokens; step t advances only pixels longer than t.
+
+        Input projections for all tokens are one GEMM, with the gate biases added in the same pass
+        that widens them to float32; per step only h @ [W_hr; W_hz] and (r*h) @ W_hh remain. Their
+        batch is padded to a multiple of PIXEL_QUANTUM rows (padding rows are never read).
+        """
         d = self.cfg.d_model
-        x_proj = self.w_in(x).float()
+        x_proj = torch.add(self.w_in(x), self.b_in)
         offsets = torch.from_numpy(pack.offsets).to(x.device)
         active = np.searchsorted(-pack.lengths, -np.arange(int(pack.lengths[0])), side="left")
-        h = torch.zeros(len(pack.lengths), d, dtype=torch.float32, device=x.device)
+        p_pad = round_up(len(pack.lengths), PIXEL_QUANTUM)
+        h = torch.zeros(p_pad, d, dtype=torch.float32, device=x.device)
+        rh = torch.zeros(p_pad, d, dtype=self.dtype, device=x.device)
         context = torch.empty(x.shape[0], d, dtype=torch.float32, device=x.device)
         for step, n in enumerate(active.tolist()):
+            n_pad = min(round_up(n, PIXEL_QUANTUM), p_pad)
             rows = offsets[:n] + step
-            xr, xz, xh = x_proj[rows].split(d, dim=-1)
+            xs = x_proj[rows]
             h_prev = h[:n]
-            hr, hz = self.w_rz(h_prev.to(self.dtype)).float().split(d, dim=-1)
-            r = torch.sigmoid(xr + hr + self.b_r)
-            z = torch.sigmoid(xz + hz + self.b_z)
-            h_tilde = torch.tanh(xh + self.w_hh((r * h_prev).to(self.dtype)).float() + self.b_h)
-            h_new = (1 - z) * h_prev + z * h_tilde
+            rz = torch.sigmoid_(torch.add(xs[:, : 2 * d], self.w_rz(h[:n_pad].to(self.dtype))[:n]))
+            r, z = rz[:, :d], rz[:, d:]
+            torch.mul(r, h_prev, out=rh[:n])
+            h_tilde = torch.tanh_(torch.add(xs[:, 2 * d :], self.w_hh(rh[:n_pad])[:n]))
+            h_new = torch.lerp(h_prev, h_tilde, z)
             h[:n] = h_new
             context[rows] = h_new
         return context
@@ -185,7 +208,11 @@ class PackedBackbone:
     def __call__(self, tokens: torch.Tensor, pack: Pack) -> torch.Tensor:
         """tokens (n_tokens, bands+1) float32, raw DOY last, in pack order -> pooled (P, d_model) float32."""
         d = self.cfg.d_model
-        pe = doy_encoding(tokens[:, -1], d)
+        n_tok = tokens.shape[0]
+        rows = round_up(n_tok, ROW_QUANTUM)
+        if rows != n_tok:
+            tokens = torch.cat([tokens, tokens.new_zeros(rows - n_tok, tokens.shape[1])])
+        pe = self.doy_table[tokens[:, -1].long().clamp_(0, DOY_TABLE_SIZE - 1)]
         h = self.emb2(self.emb0(tokens[:, :-1].to(self.dtype), relu=True))
         h = (h.float() + pe).to(self.dtype)
         for qkv, out, lin1, lin2, norm1, norm2 in self.layers:

@@ -1,0 +1,78 @@
+"""`tessera-pipeline export`: committed tiles out of the store as GeoTIFF or geotessera's NPY layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from tessera_pipeline.cli.options import RegionRequest, region_options, region_tile_names
+from tessera_pipeline.errors import StoreError, TileNotCompleteError
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--store", "store_url", required=True, help="Store: a local path or s3://bucket/prefix.")
+@click.option("--year", type=int, required=True, help="Year of the embeddings.")
+@click.option("--tile", "tile_names", multiple=True, metavar="grid_LON_LAT", help="A tile to export (repeatable).")
+@region_options
+@click.option(
+    "--geotiff",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write GeoTIFF here: int8 x128 plus OUT_scales.tif, or float32 with --dequantise. "
+    "Several tiles: OUT_{tile}.tif each.",
+)
+@click.option("--dequantise", is_flag=True, default=False, help="GeoTIFF of float32 values (int8 * scale).")
+@click.option(
+    "--npy",
+    "npy_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write geotessera's local tile layout (NPY + landmask GeoTIFF) under this directory.",
+)
+def export(
+    store_url: str,
+    year: int,
+    tile_names: tuple[str, ...],
+    region: RegionRequest,
+    geotiff: Path | None,
+    dequantise: bool,
+    npy_dir: Path | None,
+) -> None:
+    """Export committed tiles with their CRS and transform: GeoTIFF or geotessera NPY layout."""
+    from tessera_pipeline.store import TileStore
+    from tessera_pipeline.store.export import export_tiles
+
+    if (geotiff is None) == (npy_dir is None):
+        raise click.UsageError("choose one output: --geotiff OUT.tif or --npy DIR")
+    if dequantise and geotiff is None:
+        raise click.UsageError("--dequantise applies to --geotiff only")
+    if bool(tile_names) == region.given:
+        raise click.UsageError("choose the tiles: --tile (repeatable) or one region flag (--bbox, ...)")
+    store = TileStore(store_url)
+    if store.root_attrs() is None:
+        raise StoreError(f"no store at {store.url}")
+    if tile_names:
+        tiles = sorted(set(tile_names))
+        missing = [t for t in tiles if not store.is_complete(year, t)]
+        if missing:
+            raise TileNotCompleteError(f"not complete in {store.url} for {year}", tile=", ".join(missing))
+    else:
+        wanted = set(region_tile_names(region))
+        done = {k.tile for k in store.list_complete(year)}
+        tiles = sorted(wanted & done)
+        if not tiles:
+            raise StoreError(f"none of the {len(wanted)} tiles in the region is complete in {store.url} for {year}")
+        if len(tiles) < len(wanted):
+            click.echo(
+                f"{len(wanted) - len(tiles)} of {len(wanted)} tiles in the region are not in the store; "
+                f"exporting the other {len(tiles)}",
+                err=True,
+            )
+    written = export_tiles(store, year, tiles, geotiff=geotiff, dequantised=dequantise, npy_dir=npy_dir)
+    click.echo(f"exported {len(tiles)} tile(s), {len(written)} file(s)")
+    for path in written:
+        click.echo(f"  {path}")
