@@ -158,7 +158,7 @@ class PackedBackbone:
             rows = slice(row, row + count * length)
             q, k, v = qkv[rows].view(count, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
             att = F.scaled_dot_product_attention(q, k, v)
-            out[rows] = att.transpose(1, 2).reshape(count * length, d)
+            out[rows].view(count, length, heads, d // heads).copy_(att.transpose(1, 2))
         return out
 
     def _gru_context(self, x: torch.Tensor, pack: Pack) -> torch.Tensor:
@@ -214,7 +214,7 @@ class PackedBackbone:
             tokens = torch.cat([tokens, tokens.new_zeros(rows - n_tok, tokens.shape[1])])
         pe = self.doy_table[tokens[:, -1].long().clamp_(0, DOY_TABLE_SIZE - 1)]
         h = self.emb2(self.emb0(tokens[:, :-1].to(self.dtype), relu=True))
-        h = (h.float() + pe).to(self.dtype)
+        h = torch.add(pe, h).to(self.dtype)
         for qkv, out, lin1, lin2, norm1, norm2 in self.layers:
             h = self._layer_norm(out(self._attention(qkv(h), pack), residual=h), norm1)
             h = self._layer_norm(lin2(lin1(h, relu=True), residual=h), norm2)
