@@ -23,7 +23,7 @@ from tessera_pipeline.encode import prepare
 from tessera_pipeline.encode.normalisation import V1_0, V1_1, DataSource, NormStats
 from tessera_pipeline.encode.quantise import quantise
 from tessera_pipeline.errors import EncodeError
-from tessera_pipeline.hardware import Precision
+from tessera_pipeline.hardware import Precision, keep_freed_memory
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.architecture import BackboneConfig, TransformerEncoder
 from tessera_pipeline.model.checkpoint import LoadedModel
@@ -108,6 +108,8 @@ class TileEncoder:
         self.loaded = loaded
         self.settings = settings or EncodeSettings()
         self.device = torch.device(self.settings.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = loaded.model.to(self.device).eval()
         self.version = loaded.config.version
         self.norm: NormStats = V1_1[self.settings.data_source] if self.version == "v1.1" else V1_0

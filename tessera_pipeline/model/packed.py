@@ -17,6 +17,7 @@ statistics, attention softmax, GRU gates and state, pooling weights and sum stay
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,6 +68,19 @@ class Pack:
         """Total tokens in the pack."""
         return int(self.lengths.sum())
 
+    def time_major(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The GRU's layout: step t holds the tokens t of the pixels longer than t, a prefix.
+
+        Returns (active pixels per step, first time-major row of each step, time-major row of each
+        token-major row). Pixel p's token t sits at row starts[t] + p.
+        """
+        steps = np.arange(int(self.lengths[0]) if self.lengths.size else 0)
+        active = np.searchsorted(-self.lengths, -steps, side="left")
+        starts = np.concatenate([[0], np.cumsum(active)[:-1]]).astype(np.int64)
+        pixel = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        step = np.arange(self.n_tokens) - np.repeat(self.offsets, self.lengths)
+        return active, starts, starts[step] + pixel
+
 
 def round_up(n: int, quantum: int) -> int:
     """Smallest multiple of `quantum` that is >= n."""
@@ -102,6 +116,27 @@ class _Linear:
         return y.add_(residual) if residual is not None else y
 
 
+class _LayerNormParams(NamedTuple):
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+
+class _Layer(NamedTuple):
+    """One encoder layer's weights in the compute dtype (LayerNorm parameters stay float32)."""
+
+    qkv: _Linear
+    out: _Linear
+    ffn1: _Linear
+    ffn2: _Linear
+    norm1: _LayerNormParams
+    norm2: _LayerNormParams
+
+
+def _ln(norm: torch.nn.LayerNorm) -> _LayerNormParams:
+    return _LayerNormParams(norm.weight.detach().float(), norm.bias.detach().float(), norm.eps)
+
+
 class PackedBackbone:
     """Inference-only view of a `TransformerEncoder` that runs packs in fp32 or bf16."""
 
@@ -120,40 +155,37 @@ class PackedBackbone:
         emb = module.embedding
         self.emb0 = lin(emb[0].weight, emb[0].bias)
         self.emb2 = lin(emb[2].weight, emb[2].bias)
-        self.layers = []
-        for layer in module.transformer_encoder.layers:
-            att = layer.self_attn
-            self.layers.append(
-                (
-                    lin(att.in_proj_weight, att.in_proj_bias),
-                    lin(att.out_proj.weight, att.out_proj.bias),
-                    lin(layer.linear1.weight, layer.linear1.bias),
-                    lin(layer.linear2.weight, layer.linear2.bias),
-                    (layer.norm1.weight.detach(), layer.norm1.bias.detach(), layer.norm1.eps),
-                    (layer.norm2.weight.detach(), layer.norm2.bias.detach(), layer.norm2.eps),
-                )
+        self.layers = [
+            _Layer(
+                qkv=lin(layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias),
+                out=lin(layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias),
+                ffn1=lin(layer.linear1.weight, layer.linear1.bias),
+                ffn2=lin(layer.linear2.weight, layer.linear2.bias),
+                norm1=_ln(layer.norm1),
+                norm2=_ln(layer.norm2),
             )
+            for layer in module.transformer_encoder.layers
+        ]
         pool = module.attn_pool
         cell = pool.temporal_context.gru_cell
-        self.w_in = lin(torch.cat([cell.W_ir.weight, cell.W_iz.weight, cell.W_ih.weight]), None)
+        self.w_in_rz = lin(torch.cat([cell.W_ir.weight, cell.W_iz.weight]), torch.cat([cell.b_r, cell.b_z]))
+        self.w_in_h = lin(cell.W_ih.weight, cell.b_h)
         self.w_rz = lin(torch.cat([cell.W_hr.weight, cell.W_hz.weight]), None)
         self.w_hh = lin(cell.W_hh.weight, None)
-        self.b_in = torch.cat([cell.b_r, cell.b_z, cell.b_h]).detach().float()
-        ln = pool.layer_norm
-        self.pool_ln = (ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
+        self.pool_ln = _ln(pool.layer_norm)
         self.query_w = pool.query.weight.detach().float()
         self.query_b = pool.query.bias.detach().float()
         self.doy_table = doy_encoding(torch.arange(DOY_TABLE_SIZE, device=device), cfg.d_model)
 
-    def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
+    def _layer_norm(self, x: torch.Tensor, params: _LayerNormParams) -> torch.Tensor:
         """LayerNorm with float32 statistics and affine parameters, output in x's dtype."""
-        weight, bias, eps = params
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        return F.layer_norm(x, (x.shape[-1],), params.weight, params.bias, params.eps)
 
     def _attention(self, qkv: torch.Tensor, pack: Pack) -> torch.Tensor:
         """Self-attention per group of equal-length pixels (no mask: upstream uses none)."""
         d, heads = self.cfg.d_model, self.cfg.n_heads
-        out = torch.zeros(qkv.shape[0], d, dtype=qkv.dtype, device=qkv.device)
+        out = torch.empty(qkv.shape[0], d, dtype=qkv.dtype, device=qkv.device)
+        out[pack.n_tokens :].zero_()
         for _, count, length, row in pack.groups:
             rows = slice(row, row + count * length)
             q, k, v = qkv[rows].view(count, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
@@ -161,39 +193,53 @@ class PackedBackbone:
             out[rows].view(count, length, heads, d // heads).copy_(att.transpose(1, 2))
         return out
 
-    def _gru_context(self, x: torch.Tensor, pack: Pack) -> torch.Tensor:
-        """The custom GRU over each pixel's own tokens; step t advances only pixels longer than t.
+    def _gru_scores(self, x: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """Pooling scores of every token: the custom GRU over each pixel's tokens, LayerNorm, query.
 
-        Input projections for all tokens are one GEMM, with the gate biases added in the same pass
-        that widens them to float32; per step only h @ [W_hr; W_hz] and (r*h) @ W_hh remain. Their
-        batch is padded to a multiple of PIXEL_QUANTUM rows (padding rows are never read).
+        The GRU runs in time-major order (step t is a contiguous block of the pixels longer than t),
+        so each step reads its inputs and previous states as slices. Input projections (with the
+        gate biases) are two GEMMs over all tokens; per step, h @ [W_hr; W_hz] and (r*h) @ W_hh run
+        with the input projection added inside the GEMM, their batch padded to a multiple of
+        PIXEL_QUANTUM rows (padding rows are never read back). Gate non-linearities and the state
+        update run in float32.
         """
         d = self.cfg.d_model
-        x_proj = torch.add(self.w_in(x), self.b_in)
-        offsets = torch.from_numpy(pack.offsets).to(x.device)
-        active = np.searchsorted(-pack.lengths, -np.arange(int(pack.lengths[0])), side="left")
+        active, starts, tm_row = pack.time_major()
+        n_tok = pack.n_tokens
         p_pad = round_up(len(pack.lengths), PIXEL_QUANTUM)
-        h = torch.zeros(p_pad, d, dtype=torch.float32, device=x.device)
+        tm = torch.from_numpy(tm_row).to(x.device)
+        token_of = torch.empty_like(tm)
+        token_of[tm] = torch.arange(n_tok, device=x.device)
+        x_rz = torch.empty(n_tok + p_pad, 2 * d, dtype=self.dtype, device=x.device)
+        x_h = torch.empty(n_tok + p_pad, d, dtype=self.dtype, device=x.device)
+        x_rz[n_tok:].zero_()
+        x_h[n_tok:].zero_()
+        torch.index_select(self.w_in_rz(x), 0, token_of, out=x_rz[:n_tok])
+        torch.index_select(self.w_in_h(x), 0, token_of, out=x_h[:n_tok])
+        # rows: [zero block (h0)] [step 0] [step 1] ... [tail pad]
+        states = torch.empty(p_pad + n_tok + p_pad, d, dtype=torch.float32, device=x.device)
+        states[:p_pad].zero_()
+        states[p_pad + n_tok :].zero_()
         rh = torch.zeros(p_pad, d, dtype=self.dtype, device=x.device)
-        context = torch.empty(x.shape[0], d, dtype=torch.float32, device=x.device)
-        for step, n in enumerate(active.tolist()):
+        prev = 0
+        for n, start in zip(active.tolist(), starts.tolist()):
             n_pad = min(round_up(n, PIXEL_QUANTUM), p_pad)
-            rows = offsets[:n] + step
-            xs = x_proj[rows]
-            h_prev = h[:n]
-            rz = torch.sigmoid_(torch.add(xs[:, : 2 * d], self.w_rz(h[:n_pad].to(self.dtype))[:n]))
+            row = p_pad + start
+            h_prev = states[prev : prev + n]
+            pre_rz = self.w_rz(states[prev : prev + n_pad].to(self.dtype), residual=x_rz[start : start + n_pad])
+            rz = torch.sigmoid_(pre_rz[:n].float())
             r, z = rz[:, :d], rz[:, d:]
             torch.mul(r, h_prev, out=rh[:n])
-            h_tilde = torch.tanh_(torch.add(xs[:, 2 * d :], self.w_hh(rh[:n_pad])[:n]))
-            h_new = torch.lerp(h_prev, h_tilde, z)
-            h[:n] = h_new
-            context[rows] = h_new
-        return context
-
-    def _pool(self, x: torch.Tensor, context: torch.Tensor, pack: Pack) -> torch.Tensor:
-        """LayerNorm(context) -> query -> softmax over each pixel's tokens -> weighted sum of x."""
-        d = self.cfg.d_model
+            h_tilde = torch.tanh_(self.w_hh(rh[:n_pad], residual=x_h[start : start + n_pad])[:n].float())
+            torch.lerp(h_prev, h_tilde, z, out=states[row : row + n])
+            prev = row
+        context = states[p_pad : p_pad + n_tok]
         scores = F.linear(self._layer_norm(context, self.pool_ln), self.query_w, self.query_b)
+        return scores.index_select(0, tm)
+
+    def _pool(self, x: torch.Tensor, scores: torch.Tensor, pack: Pack) -> torch.Tensor:
+        """Softmax of the scores over each pixel's own tokens, then the weighted sum of x (float32)."""
+        d = self.cfg.d_model
         pooled = torch.empty(len(pack.lengths), d, dtype=torch.float32, device=x.device)
         for first, count, length, row in pack.groups:
             rows = slice(row, row + count * length)
@@ -215,7 +261,7 @@ class PackedBackbone:
         pe = self.doy_table[tokens[:, -1].long().clamp_(0, DOY_TABLE_SIZE - 1)]
         h = self.emb2(self.emb0(tokens[:, :-1].to(self.dtype), relu=True))
         h = torch.add(pe, h).to(self.dtype)
-        for qkv, out, lin1, lin2, norm1, norm2 in self.layers:
-            h = self._layer_norm(out(self._attention(qkv(h), pack), residual=h), norm1)
-            h = self._layer_norm(lin2(lin1(h, relu=True), residual=h), norm2)
-        return self._pool(h, self._gru_context(h, pack), pack)
+        for layer in self.layers:
+            h = self._layer_norm(layer.out(self._attention(layer.qkv(h), pack), residual=h), layer.norm1)
+            h = self._layer_norm(layer.ffn2(layer.ffn1(h, relu=True), residual=h), layer.norm2)
+        return self._pool(h, self._gru_scores(h, pack), pack)
