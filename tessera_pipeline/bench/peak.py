@@ -37,8 +37,6 @@ def gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float) -> f
             return 2.0 * m * k * n * count / elapsed / 1e9
 
 
-def matmul_peak(dtype: torch.dtype, *, seconds_per_shape: float = 1.0) -> tuple[float, tuple[int, int, int]]:
-    """Best sustained GFLOP/s over `PEAK_SHAPES` (at the current torch thread count) and its shape."""
-    results = {shape: gemm_gflops(*shape, dtype, seconds_per_shape) for shape in PEAK_SHAPES}
-    shape = max(results, key=results.__getitem__)
-    return results[shape], shape
+def matmul_peaks(dtype: torch.dtype, *, seconds_per_shape: float = 1.0) -> dict[tuple[int, int, int], float]:
+    """Sustained GFLOP/s of every shape in `PEAK_SHAPES` at the current torch thread count."""
+    return {shape: gemm_gflops(*shape, dtype, seconds_per_shape) for shape in PEAK_SHAPES}

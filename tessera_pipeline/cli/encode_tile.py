@@ -38,6 +38,7 @@ def encode_tile(
     precision: str | None,
     batch_size: int,
     threads: int | None,
+    seed: int,
     trust_checkpoint: bool,
 ) -> None:
     """Encode one tile with a Tessera checkpoint.
@@ -61,7 +62,7 @@ def encode_tile(
             )
     encoder, hw = build_encoder(
         checkpoint, version=model_version, data_source=data_source, precision=precision,  # type: ignore[arg-type]
-        batch_size=batch_size, threads=threads, trust_checkpoint=trust_checkpoint,
+        batch_size=batch_size, threads=threads, seed=seed, trust_checkpoint=trust_checkpoint,
     )
     console.print(
         f"[bold]{tile.name}[/]: {tile.height} x {tile.width} px, model {encoder.version} "

@@ -12,7 +12,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def encoder_options(func: F) -> F:
-    """Add --model, --data-source, --precision, --batch-size, --threads to a command."""
+    """Add --model, --data-source, --precision, --batch-size, --threads, --seed to a command."""
     decorators = [
         click.option("--model", "model_version", type=click.Choice(["v1.0", "v1.1"]), default=None,
                      help="Model version; default: what the checkpoint's layout says (a mismatch is an error)."),
@@ -22,5 +22,7 @@ def encoder_options(func: F) -> F:
                      help="Default: bf16 where the hardware has fast bf16 (AMX, AVX512-BF16, CUDA >= 8.0), else fp32."),
         click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Pixels per forward pack."),
         click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: physical cores)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="v1.0 only: seed of the per-pixel observation sampling (same seed, same bytes)."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)

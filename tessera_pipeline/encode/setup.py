@@ -30,6 +30,7 @@ def build_encoder(
     precision: Precision | None = None,
     batch_size: int = 256,
     threads: int | None = None,
+    seed: int = 0,
     device: str = "auto",
     trust_checkpoint: bool = False,
 ) -> tuple[TileEncoder, HardwareInfo]:
@@ -45,6 +46,7 @@ def build_encoder(
         precision=precision or default_precision(hw),
         batch_size=batch_size,
         data_source=data_source,
+        seed=seed,
         device=hw.device,
         kernels="packed" if hw.device == "cpu" else "module",
     )
