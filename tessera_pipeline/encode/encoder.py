@@ -157,7 +157,7 @@ class TileEncoder:
     def _pool_stream(
         self, stream: Stream, chunk: prepare.Chunk, pixels: np.ndarray, lengths: np.ndarray, build: InputBuilder, stats: EncodeStats
     ) -> torch.Tensor:
-        """Pooled vectors of `pixels` (any order) for one stream, in packs of `batch_size` pixels."""
+        """Pooled vectors of `pixels` (any order) for one stream, in packs of up to batch_size x 64 tokens."""
         cfg = self._configs[stream]
         out = torch.empty(len(pixels), cfg.d_model, dtype=torch.float32, device=self.device)
         order = np.argsort(-lengths, kind="stable")
