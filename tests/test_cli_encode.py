@@ -88,3 +88,4 @@ def test_demo_runs_end_to_end_and_says_weights_are_random(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" in result.stdout and "checksums verified: True" in result.stdout
     assert (tmp_path / "demo" / "grid_-1.55_53.25.tif").is_file()
+    assert (tmp_path / "demo" / "grid_-1.55_53.25_pca.png").is_file()

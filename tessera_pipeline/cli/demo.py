@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import click
@@ -12,6 +13,25 @@ from rich.table import Table
 
 DEMO_TILE = "grid_-1.55_53.25"
 DEMO_YEAR = 2024
+
+
+def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
+    """Save the first three principal components of (H, W, D) embeddings as an RGB PNG."""
+    import rasterio
+    import rasterio.errors
+
+    h, w, d = embeddings.shape
+    flat = embeddings.reshape(-1, d).astype(np.float64)
+    flat -= flat.mean(axis=0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    pcs = flat @ vt[:3].T
+    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
+    rgb = np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+    image = (rgb.reshape(h, w, 3) * 255).astype(np.uint8).transpose(2, 0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="PNG", width=w, height=h, count=3, dtype="uint8") as dst:
+            dst.write(image)
 
 
 @click.command("demo")
@@ -24,7 +44,8 @@ def demo(out_dir: Path, size: str, precision: str | None) -> None:
 
     Inputs: a synthetic d-pixel tile (a reduced-size corner of the Manchester tile, with roi.tiff).
     Model: a real-size Tessera v1.1 with RANDOM weights (real weights cannot be downloaded here), so
-    the embeddings are NOT Tessera embeddings. Output: a local Zarr store, verified, and a GeoTIFF.
+    the embeddings are NOT Tessera embeddings. Output: a local Zarr store, verified, a GeoTIFF, and a
+    PNG of the first three principal components.
     The distributed Ray run is not built yet: this encodes one tile in this process.
     """
     from tessera_pipeline.encode.setup import build_encoder, model_attributes, provenance
@@ -61,6 +82,9 @@ def demo(out_dir: Path, size: str, precision: str | None) -> None:
     tif = out_dir / f"{DEMO_TILE}.tif"
     export_tiles(store, DEMO_YEAR, [DEMO_TILE], geotiff=tif, dequantised=True)
     console.print(f"5. exported GeoTIFF      {tif}")
+    png = out_dir / f"{DEMO_TILE}_pca.png"
+    write_pca_png(store.read_tile(DEMO_YEAR, DEMO_TILE, dequantise=True).embeddings, png)
+    console.print(f"6. first 3 principal components as RGB: {png}")
     table = Table("tile", "size", "EPSG", "int8 range", "scale median", "complete tiles in store")
     table.add_row(DEMO_TILE, f"{tile.height}x{tile.width}", str(tile.geometry.epsg),
                   f"{int(encoded.embeddings.min())}..{int(encoded.embeddings.max())}",
