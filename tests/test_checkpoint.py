@@ -158,3 +158,12 @@ def test_checkpoint_from_http(tmp_path: Path, http_root: tuple[Path, str], monke
     assert load_model(f"{url}/small.pt").checkpoint_sha256 == sha256_file(path)
     with pytest.raises(CheckpointError, match="download failed"):
         load_model(f"{url}/absent.pt")
+
+
+def test_flop_count_matches_the_reference_table() -> None:
+    """tessera-model.md 1.6: 7.24 (v1.1) and 6.28 (v1.0) GFLOP per pixel at 68 tokens per stream."""
+    from tessera_pipeline.model.flops import pixel_flops
+
+    assert pixel_flops(v1_1_config(), 68, 68) / 1e9 == pytest.approx(7.24, abs=0.005)
+    assert pixel_flops(v1_0_config(), 68, 68) / 1e9 == pytest.approx(6.28, abs=0.005)
+    assert pixel_flops(v1_1_config(), 40, 40) / 1e9 == pytest.approx(4.23, abs=0.005)

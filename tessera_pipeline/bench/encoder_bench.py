@@ -24,7 +24,6 @@ from tessera_pipeline.hardware import Precision, detect
 from tessera_pipeline.inputs.synthetic import synthetic_arrays
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model import LoadedModel, build_model, v1_0_config, v1_1_config
-from tessera_pipeline.model.flops import pixel_flops
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +205,6 @@ def _encode_between_peak_samples(
 def _mean_tokens(histogram: dict[int, int]) -> float:
     total = sum(histogram.values())
     return float(sum(k * v for k, v in histogram.items()) / total) if total else 0.0
-
-
-def expected_flops(version: Literal["v1.0", "v1.1"], s2_tokens: int, s1_tokens: int) -> float:
-    """FLOPs of one pixel for a version at given lengths (for plans and reports)."""
-    cfg = v1_1_config() if version == "v1.1" else v1_0_config()
-    return pixel_flops(cfg, s2_tokens, s1_tokens)
 
 
 __all__ = ["EncoderBench", "PrecisionRun", "random_model", "run_encoder_bench", "synthetic_tile"]

@@ -56,7 +56,3 @@ V1_1: dict[str, NormStats] = {
     ),
 }
 
-
-def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x - mean) / (std + 1e-9) in float32, broadcasting over the last (band) axis."""
-    return (x.astype(np.float32) - mean) / (std + np.float32(EPS))

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tessera_pipeline.encode.normalisation import EPS, NormStats, standardise
+from tessera_pipeline.encode.normalisation import EPS, NormStats
 from tessera_pipeline.inputs.tile import DPixelTile
 
 #: v1.1 bucket lengths (`num_obs_checkpoints`): multiples of 8 up to 256.
@@ -230,7 +230,6 @@ __all__ = [
     "build_resample_indices",
     "read_chunk",
     "sample_positions",
-    "standardise",
     "v1_0_s1_input",
     "v1_0_s2_input",
     "v1_0_keep",

@@ -253,7 +253,6 @@ class PackedBackbone:
 
     def __call__(self, tokens: torch.Tensor, pack: Pack) -> torch.Tensor:
         """tokens (n_tokens, bands+1) float32, raw DOY last, in pack order -> pooled (P, d_model) float32."""
-        d = self.cfg.d_model
         n_tok = tokens.shape[0]
         rows = round_up(n_tok, ROW_QUANTUM)
         if rows != n_tok:
