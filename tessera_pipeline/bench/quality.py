@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from tessera_pipeline.encode.quantise import dequantise
+from tessera_pipeline.quantisation import dequantise
 
 
 class Quality(BaseModel):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from tessera_pipeline.quantisation import dequantise
+
+__all__ = ["dequantise", "quantise"]
 
 MIN_SCALE = 1e-8
 
@@ -18,7 +21,3 @@ def quantise(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.clamp(torch.round(e / scale[:, None]), -128, 127).to(torch.int8)
     return q, scale
 
-
-def dequantise(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """int8 (..., D) and float32 (...) scales -> float32 (..., D) = codes * scale."""
-    return codes.astype(np.float32) * scales[..., None]

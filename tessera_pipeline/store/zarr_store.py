@@ -30,6 +30,7 @@ from tessera_pipeline.errors import (
     StoreIntegrityError,
     TileNotCompleteError,
 )
+from tessera_pipeline.quantisation import dequantise
 from tessera_pipeline.store import layout
 from tessera_pipeline.store.backend import Backend, open_backend
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
@@ -99,11 +100,6 @@ class VerifyResult:
         d = asdict(self)
         d["problems"] = list(self.problems)
         return d
-
-
-def dequantise(embeddings: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 embeddings = int8 * per-pixel scale; NaN where the scale is NaN (no data)."""
-    return embeddings.astype(np.float32) * scales.astype(np.float32)[..., None]
 
 
 def _json_default(value: Any) -> Any:
