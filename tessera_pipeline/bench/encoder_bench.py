@@ -20,7 +20,7 @@ from tessera_pipeline import __version__
 from tessera_pipeline.bench.peak import matmul_peaks
 from tessera_pipeline.bench.quality import Quality, compare
 from tessera_pipeline.encode import EncodedTile, EncodeSettings, EncodeStats, TileEncoder
-from tessera_pipeline.hardware import Precision, detect
+from tessera_pipeline.hardware import Precision, configure_threads, detect
 from tessera_pipeline.inputs.synthetic import synthetic_arrays
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model import LoadedModel, build_model, v1_0_config, v1_1_config
@@ -106,8 +106,7 @@ def run_encoder_bench(
     minutes. `peak_gflops` is the mean of those samples; `peak_gflops_max` the best single window.
     """
     say = on_progress or (lambda msg: log.info(msg))
-    if threads:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     hw = detect()
     loaded = random_model(version, seed)
     tile = synthetic_tile(*size, seed=seed)

@@ -34,10 +34,8 @@ def bench(model_version: str, size: str, precisions: tuple[str, ...], batch_size
     random: it measures speed, not embeddings.
     """
     from tessera_pipeline.bench.encoder_bench import run_encoder_bench
-    from tessera_pipeline.hardware import configure_threads
 
     console = Console(stderr=True, quiet=as_json)
-    configure_threads(threads)
     height, width = parse_size(size)
     report = run_encoder_bench(
         model_version,  # type: ignore[arg-type]
