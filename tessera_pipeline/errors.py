@@ -87,6 +87,10 @@ class RemoteInputError(InputError):
     """An object store could not be read after retries (network, permissions, throttling)."""
 
 
+class GeoreferenceError(InputError):
+    """The input's own georeference (roi.tiff, directory name) disagrees with the tile it is encoded as."""
+
+
 # --- grid / region: subclasses ----------------------------------------------------------
 
 
@@ -119,3 +123,29 @@ class StoreConflictError(StoreError):
 
 class StoreIntegrityError(StoreError):
     """A committed tile's data does not match its commit marker (checksum, shape or dtype)."""
+
+
+class StoreUnreachableError(StoreError):
+    """An object store did not answer within the bounded retries and time budget."""
+
+
+# --- command line: outputs and argument values ----------------------------------------------
+
+
+class OutputError(TesseraError):
+    """An output location is unusable: it exists (without --overwrite), its folder is missing, or it is a URL."""
+
+
+class ArgumentError(TesseraError, ValueError):
+    """A command-line value is malformed or out of range (a size, a box)."""
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+class ConfigError(TesseraError):
+    """A run configuration (flags or file) has an unknown key or a bad value."""
+
+
+class RunError(TesseraError):
+    """A run cannot start or go on (no cluster, no usable node, a store that holds no run)."""

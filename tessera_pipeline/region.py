@@ -23,9 +23,36 @@ log = logging.getLogger(__name__)
 
 BBox = tuple[float, float, float, float]
 
+#: Widest box (degrees of longitude) accepted without an explicit `allow_wide`: wider boxes are
+#: nearly always W and E swapped, which with antimeridian wrapping selects most of the globe.
+MAX_BBOX_WIDTH = 180.0
 
-def parse_bbox(text: str) -> BBox:
-    """Parse "W,S,E,N" in degrees; W > E means the box crosses the antimeridian."""
+
+def _fmt(values: tuple[float, ...]) -> str:
+    """Numbers as the user would type them in --bbox (no trailing .0)."""
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _valid_lonlat(west: float, south: float, east: float, north: float) -> bool:
+    """True when the four numbers are a plausible W,S,E,N box (ranges and S <= N)."""
+    return -180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90
+
+
+def _swap_hint(west: float, south: float, east: float, north: float) -> str:
+    """A hint naming the box with longitudes and latitudes exchanged, when that box is valid."""
+    if _valid_lonlat(south, west, north, east):
+        return f"; did you swap longitude and latitude? --bbox is W,S,E,N (lon,lat,lon,lat): {_fmt((south, west, north, east))}"
+    return ""
+
+
+def bbox_width(bbox: BBox) -> float:
+    """Longitude span of a box in degrees; W > E wraps across the antimeridian."""
+    west, _south, east, _north = bbox
+    return east - west if west <= east else east + 360.0 - west
+
+
+def parse_bbox(text: str, *, allow_wide: bool = False) -> BBox:
+    """Parse "W,S,E,N" in degrees; W > E crosses the antimeridian; wider than 180 degrees needs `allow_wide`."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4:
         raise RegionError(f"--bbox needs four numbers W,S,E,N, got {text!r}")
@@ -35,13 +62,24 @@ def parse_bbox(text: str) -> BBox:
         raise RegionError(f"--bbox needs four numbers W,S,E,N, got {text!r}") from exc
     if not all(np.isfinite([west, south, east, north])):
         raise RegionError(f"--bbox values must be finite, got {text!r}")
+    hint = _swap_hint(west, south, east, north)
     if not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise RegionError(f"--bbox longitudes must be within [-180, 180], got {text!r}")
+        raise RegionError(f"--bbox longitudes must be within [-180, 180], got {text!r}{hint}")
     if not (-90 <= south <= 90 and -90 <= north <= 90):
-        raise RegionError(f"--bbox latitudes must be within [-90, 90], got {text!r}")
+        raise RegionError(f"--bbox latitudes must be within [-90, 90], got {text!r}{hint}")
     if south > north:
-        raise RegionError(f"--bbox south {south} is north of north {north}")
-    return west, south, east, north
+        raise RegionError(f"--bbox south {south:g} is north of north {north:g}{hint}")
+    bbox = (west, south, east, north)
+    width = bbox_width(bbox)
+    if width > MAX_BBOX_WIDTH and not allow_wide:
+        if west > east:
+            why = (f"W {west:g} > E {east:g} means crossing the antimeridian, a box {width:g} degrees wide; "
+                   f"did you mean {_fmt((east, south, west, north))}?")
+        else:
+            why = f"the box is {width:g} degrees wide."
+        raise RegionError(f"--bbox {text}: {why} A box wider than {MAX_BBOX_WIDTH:g} degrees needs --allow-wide-bbox "
+                          "(or use --global)")
+    return bbox
 
 
 def _index_range(low: float, high: float, offset: float, n: int) -> np.ndarray:
@@ -81,10 +119,23 @@ def _nonempty(tiles: TileSet, what: str, mask: LandMask) -> TileSet:
 
 def select_bbox(bbox: BBox, mask: LandMask) -> TileSet:
     """Land tiles overlapping a lon/lat box (read straight off the mask window, no candidate list)."""
+    tiles = _bbox_land(bbox, mask)
+    if len(tiles) == 0:
+        west, south, east, north = bbox
+        swapped = (south, west, north, east)
+        if _valid_lonlat(*swapped) and len(_bbox_land(swapped, mask)):
+            raise EmptySelectionError(
+                f"bbox {_fmt(bbox)} selects no land tile (land mask: {mask.source}); did you swap longitude and "
+                f"latitude? --bbox is W,S,E,N (lon,lat,lon,lat), and {_fmt(swapped)} selects land"
+            )
+    return _nonempty(tiles, f"bbox {_fmt(bbox)}", mask)
+
+
+def _bbox_land(bbox: BBox, mask: LandMask) -> TileSet:
+    """Land tiles overlapping a box, read straight off the mask window."""
     ix_all, iy_all = _bbox_indices(bbox)
     wy, wx = np.nonzero(mask.grid[np.ix_(iy_all, ix_all)])
-    tiles = TileSet.from_indices(ix_all[wx], iy_all[wy])
-    return _nonempty(tiles, "bbox {},{},{},{}".format(*bbox), mask)
+    return TileSet.from_indices(ix_all[wx], iy_all[wy])
 
 
 def select_global(mask: LandMask) -> TileSet:
@@ -97,7 +148,13 @@ def select_tile_file(path: str | Path, mask: LandMask) -> TileSet:
     tiles = read_tile_list(path)
     if len(tiles) == 0:
         raise EmptySelectionError(f"{path}: tile list is empty")
-    return _nonempty(mask.restrict(tiles), f"tile list {path}", mask)
+    land = _nonempty(mask.restrict(tiles), f"tile list {path}", mask)
+    if len(land) < len(tiles):
+        log.warning(
+            "%d of the %d tiles in %s are not land under the land mask %s and are left out (--landmask none keeps them)",
+            len(tiles) - len(land), len(tiles), path, mask.source,
+        )
+    return land
 
 
 def _declared_crs(doc: dict[str, Any]) -> str | None:

@@ -86,6 +86,7 @@ def test_bench_json_has_the_promised_keys() -> None:
 def test_demo_runs_end_to_end_and_says_weights_are_random(tmp_path: Path) -> None:
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--size", "3x4")
     assert result.returncode == 0, result.stderr
-    assert "RANDOM WEIGHTS" in result.stdout and "checksums verified: True" in result.stdout
+    assert "RANDOM WEIGHTS" in result.stdout and "verified 4 committed tiles" in result.stdout
+    assert "all checksums match" in result.stdout and "4 tiles committed, 0 failed" in result.stdout
     assert (tmp_path / "demo" / "grid_-1.55_53.25.tif").is_file()
-    assert (tmp_path / "demo" / "grid_-1.55_53.25_pca.png").is_file()
+    assert (tmp_path / "demo" / "region_pca.png").is_file()

@@ -102,10 +102,13 @@ class GemmDtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kernels", ["packed", "module"])
+@pytest.mark.parametrize("kernels", ["packed", "module", "fixed"])
 def test_bf16_reaches_every_matmul_and_fp32_none(small_v1_1, kernels: str) -> None:
     tile = synthetic(4, 5)
-    for precision, expected in (("bf16", {torch.bfloat16}), ("fp32", {torch.float32})):
+    cases = [("bf16", {torch.bfloat16}), ("fp32", {torch.float32})]
+    if kernels == "fixed":
+        cases.append(("fp16", {torch.float16}))
+    for precision, expected in cases:
         encoder = TileEncoder(small_v1_1, EncodeSettings(precision=precision, kernels=kernels))  # type: ignore[arg-type]
         with GemmDtypes() as mode:
             encoder.encode(tile)

@@ -27,7 +27,7 @@ from tessera_pipeline.model import LoadedModel, build_model, v1_0_config, v1_1_c
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PrecisionRun(BaseModel):

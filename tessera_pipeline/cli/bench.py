@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from tessera_pipeline.cli.console import make_console, print_table
+from tessera_pipeline.cli.params import size_callback
 from tessera_pipeline.inputs.synthetic import parse_size
 
 
 @click.command("bench")
 @click.option("--model", "model_version", type=click.Choice(["v1.0", "v1.1"]), default="v1.1", show_default=True)
-@click.option("--size", default="64x64", show_default=True, help="Synthetic tile size HxW.")
-@click.option("--precision", "precisions", type=click.Choice(["fp32", "bf16"]), multiple=True,
-              help="Precisions to run (repeatable; default both, which also gives bf16-vs-fp32 quality).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Pixels per forward pack.")
+@click.option("--size", default=None, callback=size_callback,
+              help="Synthetic tile size HxW (at most a grid tile's size). Default 64x64 on CPU, 1126x690 with --device cuda.")
+@click.option("--precision", "precisions", type=click.Choice(["fp32", "bf16", "fp16"]), multiple=True,
+              help="Precisions to run (repeatable; default fp32 and bf16, which also gives bf16-vs-fp32 quality). "
+              "With --device cuda: the first is the timed precision (default: the card's policy).")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Pixels (of 64 tokens) per forward pack. Default 256 on CPU, 2048 on GPUs.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads (default: physical cores).")
 @click.option("--peak-seconds", type=click.FloatRange(0.05), default=0.4, show_default=True,
               help="Seconds per GEMM shape in each matmul-peak sample.")
@@ -25,17 +30,55 @@ from tessera_pipeline.inputs.synthetic import parse_size
 @click.option("--store/--no-store", "with_store", default=True, show_default=True,
               help="Also time writing and reading back a full 1126 x 690 tile in a local store.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def bench(model_version: str, size: str, precisions: tuple[str, ...], batch_size: int, threads: int | None,
-          peak_seconds: float, segments: int, with_store: bool, as_json: bool) -> None:
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda[:N] for the GPU benchmark (first tile in a fresh process, steady state, GEMM peaks, "
+              "quality per precision; see docs/benchmarks.md).")
+@click.option("--upstream", "upstream", type=click.Path(exists=True, path_type=Path), default=None,
+              help="GPU: also run upstream's infer_v1_1.py (this file, or a directory holding it) on the same tile.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="GPU: where the random checkpoint and the synthetic tile are written (default: a folder in the temp dir).")
+@click.option("--steady-tiles", type=click.IntRange(1), default=3, show_default=True,
+              help="GPU: encodes of the tile by one encoder; steady state is the median of all but the first.")
+@click.option("--quality-size", default="256x256", show_default=True, callback=size_callback,
+              help="GPU: size of the tile on which each precision is compared with fp32.")
+@click.option("--cuda-graphs", is_flag=True, help="GPU: also time the steady state with CUDA graphs per pack shape.")
+@click.option("--calibrate", is_flag=True,
+              help="Instead: time one `run` actor here and write a `plan` profile (--out, --name, --price).")
+@click.option("--out", "profile_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--calibrate: profiles file to write or update (default: print it).")
+@click.option("--name", "profile_name", default=None, help="--calibrate: profile name (default: calibrated-<class>-<host>).")
+@click.option("--price", "usd_per_hour", type=click.FloatRange(0), default=None,
+              help="--calibrate: this machine's $/hour (default 0).")
+@click.option("--spot-price", "usd_per_hour_spot", type=click.FloatRange(0), default=None,
+              help="--calibrate: this machine's spot $/hour.")
+def bench(model_version: str, size: str | None, precisions: tuple[str, ...], batch_size: int | None, threads: int | None,
+          peak_seconds: float, segments: int, with_store: bool, as_json: bool, calibrate: bool,
+          profile_out: Path | None, profile_name: str | None, usd_per_hour: float | None,
+          usd_per_hour_spot: float | None, device: str, upstream: Path | None, workdir: Path | None,
+          steady_tiles: int, quality_size: str, cuda_graphs: bool) -> None:
     """Benchmark the encoder on a synthetic tile with a real-size RANDOM-WEIGHT model.
 
     Reports ms/pixel, useful GFLOP/s, this machine's matmul peak sampled during the same run (mean of
     the samples; the single best window too), MFU, and bf16's agreement with fp32. Weights are
     random: it measures speed, not embeddings.
     """
+    if device != "cpu":
+        from tessera_pipeline.cli.bench_gpu import gpu_bench
+
+        gpu_bench(device, size or "1126x690", precisions, batch_size, upstream, workdir, steady_tiles, quality_size,
+                  cuda_graphs, as_json)
+        return
+    size = size or "64x64"
+    batch_size = batch_size or 256
+    if calibrate:
+        from tessera_pipeline.cli.calibrate import calibrate_profile
+
+        calibrate_profile(model_version, size, precisions, batch_size, threads, profile_out, profile_name,
+                          usd_per_hour, usd_per_hour_spot)
+        return
     from tessera_pipeline.bench.encoder_bench import run_encoder_bench
 
-    console = Console(stderr=True, quiet=as_json)
+    console = make_console(stderr=True, quiet=as_json)
     height, width = parse_size(size)
     report = run_encoder_bench(
         model_version,  # type: ignore[arg-type]
@@ -65,7 +108,7 @@ def bench(model_version: str, size: str, precisions: tuple[str, ...], batch_size
 
 
 def _print_tables(r: dict) -> None:
-    console = Console()
+    console = make_console()
     console.print(
         f"[bold]{r['model']}[/] on a synthetic {r['size'][0]}x{r['size'][1]} tile ({r['pixels']} px), {r['weights']}; "
         f"{r['hardware']} ({r['cpu_model']}), {r['threads']} threads, batch {r['batch_size']}, torch {r['torch_version']}"
@@ -77,13 +120,13 @@ def _print_tables(r: dict) -> None:
         table.add_row(name, f"{run['ms_per_pixel']:.2f}", f"{run['gflops']:.0f}", f"{run['peak_gflops']:.0f}",
                       f"{run['mfu']:.2f}", f"{run['peak_gflops_max']:.0f}", f"{run['mfu_vs_max_peak']:.2f}",
                       "yes" if run["fused_kernels"] else "no")
-    console.print(table)
+    print_table(console, table)
     if r.get("quality"):
         q = r["quality"]
         qt = Table("bf16 vs fp32", "exact", "off by 1", "off by 2+", "cosine mean", "cosine min")
         qt.add_row("int8", f"{100 * q['exact']:.1f}%", f"{100 * q['off_by_1']:.1f}%", f"{100 * q['off_by_2_plus']:.2f}%",
                    f"{q['cosine_mean']:.5f}", f"{q['cosine_min']:.5f}")
-        console.print(qt)
+        print_table(console, qt)
     if "store_write_s" in r:
         line = f"store, 1126x690 tile: write {r['store_write_s']:.2f} s, read {r['store_read_s']:.2f} s"
         if "store_write_fraction_of_bf16_encode" in r:

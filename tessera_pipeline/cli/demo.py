@@ -1,25 +1,34 @@
-"""`tessera-pipeline demo`: one synthetic tile, encoded with RANDOM weights into a local Zarr store."""
+"""`tessera-pipeline demo`: a small synthetic region through `run` on a local Ray cluster, with RANDOM weights."""
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
+
+from tessera_pipeline.cli.outputs import prepare_output_dir
+from tessera_pipeline.cli.params import size_callback
 
 DEMO_TILE = "grid_-1.55_53.25"
 DEMO_YEAR = 2024
+#: The demo region: the 2 x 2 tiles around Manchester this box selects.
+DEMO_BBOX = "-1.6,53.2,-1.4,53.4"
+DEMO_TILES = ("grid_-1.55_53.25", "grid_-1.45_53.25", "grid_-1.55_53.35", "grid_-1.45_53.35")
+#: What the demo writes under --out: the only entries it ever deletes there (see cli/outputs.py).
+DEMO_OUTPUTS = ("inputs", "store.zarr", "random_v1_1.pt", f"{DEMO_TILE}.tif", f"{DEMO_TILE}_scales.tif",
+                f"{DEMO_TILE}_pca.png", "region_pca.png")
 
 
 def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
-    """Save the first three principal components of (H, W, D) embeddings as an RGB PNG."""
+    """Save the first three principal components of (H, W, D) embeddings as an RGB PNG (NaN pixels black),
+    zoomed (nearest neighbour) to about 512 px on the long side when the raster is small."""
     import rasterio
     import rasterio.errors
 
+    embeddings = np.nan_to_num(embeddings)
     h, w, d = embeddings.shape
     flat = embeddings.reshape(-1, d).astype(np.float64)
     flat -= flat.mean(axis=0)
@@ -28,6 +37,9 @@ def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
     lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
     rgb = np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
     image = (rgb.reshape(h, w, 3) * 255).astype(np.uint8).transpose(2, 0, 1)
+    zoom = max(1, 512 // max(h, w))  # small demo tiles: nearest-neighbour zoom so the picture can be seen
+    image = image.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    h, w = h * zoom, w * zoom
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path, "w", driver="PNG", width=w, height=h, count=3, dtype="uint8") as dst:
@@ -36,57 +48,80 @@ def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
 
 @click.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Working directory (replaced).")
-@click.option("--size", default="32x32", show_default=True, help="Reduced tile size HxW (the full tile is 1126x690).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Default: the hardware policy.")
-def demo(out_dir: Path, size: str, precision: str | None) -> None:
+              show_default=True, help="Working directory: new, empty, or an earlier demo's (its files are replaced).")
+@click.option("--overwrite", is_flag=True, default=False,
+              help="Use a non-empty --out that the demo did not make (only the demo's own files are replaced).")
+@click.option("--size", default="16x16", show_default=True, callback=size_callback,
+              help="Reduced size HxW of each of the 4 tiles (a full tile is about 1126x690).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Default: the hardware policy (bf16 on AMX / AVX512-BF16, else fp32).")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray cluster (default: all).")
+def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local_cpus: int | None) -> None:
     """Run the pipeline end to end on an embedded default, and say plainly what it runs on.
 
-    Inputs: a synthetic d-pixel tile (a reduced-size corner of the Manchester tile, with roi.tiff).
+    Inputs: 4 synthetic d-pixel tiles around Manchester (reduced-size corners, each with roi.tiff).
     Model: a real-size Tessera v1.1 with RANDOM weights (real weights cannot be downloaded here), so
-    the embeddings are NOT Tessera embeddings. Output: a local Zarr store, verified, a GeoTIFF, and a
-    PNG of the first three principal components.
-    The distributed Ray run is not built yet: this encodes one tile in this process.
+    the embeddings are NOT Tessera embeddings. The tiles go through `tessera-pipeline run` on a local
+    Ray cluster into a local Zarr store, which is then verified and read back: a GeoTIFF and a PNG
+    of the first three principal components.
     """
-    from tessera_pipeline.encode.setup import build_encoder, model_attributes, provenance
-    from tessera_pipeline.inputs.dpixel import open_tile
-    from tessera_pipeline.inputs.synthetic import make_synthetic_tile, parse_size
+    from tessera_pipeline.cli.console import make_console, print_table
+    from tessera_pipeline.cli.run_display import print_summary, run_display
+    from tessera_pipeline.grid import TileSet
+    from tessera_pipeline.inputs.synthetic import check_size_fits, make_synthetic_tile, parse_size
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
-    from tessera_pipeline.store import TileStore, write_encoded_tile
+    from tessera_pipeline.run.config import build_config
+    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.store import TileStore
     from tessera_pipeline.store.export import export_tiles
 
-    console = Console()
+    console = make_console()
     console.rule("[bold]tessera-pipeline demo")
     console.print("[yellow]RANDOM WEIGHTS[/]: the model is real-size Tessera v1.1 with random weights; "
                   "the output shows the pipeline working, not real embeddings.")
-    shutil.rmtree(out_dir, ignore_errors=True)
+    hw_size = parse_size(size)
+    for tile in DEMO_TILES:
+        check_size_fits(tile, hw_size)
+    prepare_output_dir(out_dir, command="demo", owned=DEMO_OUTPUTS, overwrite=overwrite)
     inputs, store_url = out_dir / "inputs", str(out_dir / "store.zarr")
-    tile_dir = make_synthetic_tile(inputs, DEMO_YEAR, DEMO_TILE, size=parse_size(size))
+    for tile in DEMO_TILES:
+        make_synthetic_tile(inputs, DEMO_YEAR, tile, size=hw_size)
     checkpoint = save_random_checkpoint(out_dir / "random_v1_1.pt")
-    console.print(f"1. synthetic input tile  {tile_dir}")
+    console.print(f"1. synthetic inputs      {inputs}/{DEMO_YEAR}/ ({len(DEMO_TILES)} tiles of {size} px)")
     console.print(f"2. random checkpoint     {checkpoint}")
-    encoder, hw = build_encoder(str(checkpoint), precision=precision)  # type: ignore[arg-type]
-    tile = open_tile(tile_dir)
-    with console.status(f"3. encoding {tile.height}x{tile.width} px ({encoder.settings.precision} on {hw.kind})"):
-        encoded = encoder.encode(tile)
-    s = encoded.stats
-    console.print(f"3. encoded {s.pixels} px in {s.total_s:.1f} s ({1e3 * s.total_s / s.pixels:.1f} ms/px, "
-                  f"{encoder.settings.precision} on {hw.kind})")
-    assert tile.geometry is not None
-    record = write_encoded_tile(store_url, DEMO_YEAR, DEMO_TILE, encoded.embeddings, encoded.scales,
-                                epsg=tile.geometry.epsg, transform=tuple(tile.geometry.transform),
-                                provenance=provenance(encoder, hw, tile, encoded), model_attrs=model_attributes(encoder))
+    node_types = {cls: {"precision": precision} for cls in ("cpu-amx", "cpu-avx512bf16", "cpu-avx512", "cpu-x86_64",
+                                                           "cpu-aarch64")} if precision else {}
+    config = build_config({
+        "input": str(inputs), "store": store_url, "checkpoint": str(checkpoint), "year": DEMO_YEAR,
+        "region": {"bbox": DEMO_BBOX}, "local_cpus": local_cpus, "node_types": node_types,
+    }, source="demo")
+    console.print(f"3. tessera-pipeline run --input {inputs} --store {store_url} --checkpoint {checkpoint} "
+                  f"--year {DEMO_YEAR} --bbox={DEMO_BBOX}   (a local Ray cluster)", markup=False)
+    with run_display(console) as on_progress:
+        report = start(config, TileSet.from_names(DEMO_TILES), on_progress=on_progress)
+    print_summary(console, report, store_url)
     store = TileStore(store_url)
-    verified = store.verify_tile(DEMO_YEAR, DEMO_TILE)
-    console.print(f"4. committed to {store_url} (version {record.version}); checksums verified: {verified.ok}")
+    results = store.verify(DEMO_YEAR)
+    bad = [r for r in results if not r.ok]
+    console.print(f"4. verified {len(results)} committed tiles in {store_url}: "
+                  f"{'all checksums match' if not bad else f'{len(bad)} FAILED'}")
     tif = out_dir / f"{DEMO_TILE}.tif"
     export_tiles(store, DEMO_YEAR, [DEMO_TILE], geotiff=tif, dequantised=True)
     console.print(f"5. exported GeoTIFF      {tif}")
-    png = out_dir / f"{DEMO_TILE}_pca.png"
-    write_pca_png(store.read_tile(DEMO_YEAR, DEMO_TILE, dequantise=True).embeddings, png)
-    console.print(f"6. first 3 principal components as RGB: {png}")
-    table = Table("tile", "size", "EPSG", "int8 range", "scale median", "complete tiles in store")
-    table.add_row(DEMO_TILE, f"{tile.height}x{tile.width}", str(tile.geometry.epsg),
-                  f"{int(encoded.embeddings.min())}..{int(encoded.embeddings.max())}",
-                  f"{float(np.median(encoded.scales)):.4f}", str(len(store.list_complete(DEMO_YEAR))))
-    console.print(table)
+    tiles = [store.read_tile(DEMO_YEAR, t, dequantise=True) for t in DEMO_TILES]
+    gap = np.full((hw_size[0], 1, tiles[0].embeddings.shape[2]), np.nan, np.float32)
+    strip = np.concatenate([x for t in tiles for x in (t.embeddings, gap)][:-1], axis=1)
+    png = out_dir / "region_pca.png"
+    write_pca_png(strip, png)
+    console.print(f"6. first 3 principal components of the 4 tiles, side by side: {png}")
+    table = Table("tile", "size", "EPSG", "version", "precision", "hardware class", title="the store")
+    for t in tiles:
+        prov = t.provenance
+        table.add_row(t.tile, f"{t.embeddings.shape[0]}x{t.embeddings.shape[1]}", str(t.epsg), t.version,
+                      str(prov.get("precision")), str(prov.get("hardware_class")))
+    print_table(console, table)
+    console.print(f"Read it back: tessera-pipeline export --store {store_url} --year {DEMO_YEAR} --bbox={DEMO_BBOX} "
+                  f"--npy mirror/ ; tessera-pipeline status --store {store_url} ; or in Python: "
+                  f"TileStore({store_url!r}).read_tile({DEMO_YEAR}, {DEMO_TILE!r}, dequantise=True)", markup=False)
+    if bad or (report.outcome and report.outcome.progress.failed):
+        raise SystemExit(1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tessera_pipeline.cli.options import RegionRequest, region_options, region_tile_names
+from tessera_pipeline.cli.outputs import check_output_dir, check_output_files
 from tessera_pipeline.errors import StoreError, TileNotCompleteError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
     default=None,
     help="Write geotessera's local tile layout (NPY + landmask GeoTIFF) under this directory.",
 )
+@click.option("--overwrite", is_flag=True, default=False, help="Replace output files that already exist.")
 def export(
     store_url: str,
     year: int,
@@ -41,10 +43,16 @@ def export(
     geotiff: Path | None,
     dequantise: bool,
     npy_dir: Path | None,
+    overwrite: bool,
 ) -> None:
-    """Export committed tiles with their CRS and transform: GeoTIFF or geotessera NPY layout."""
+    """Export committed tiles with their CRS and transform: GeoTIFF or geotessera NPY layout.
+
+    Every tile is checked against its commit marker first (a missing or damaged object is an error
+    naming it); existing output files are refused unless --overwrite; outputs are local paths.
+    """
+    from tessera_pipeline.grid import parse_tile_name
     from tessera_pipeline.store import TileStore
-    from tessera_pipeline.store.export import export_tiles
+    from tessera_pipeline.store.export import export_tiles, planned_outputs
 
     if (geotiff is None) == (npy_dir is None):
         raise click.UsageError("choose one output: --geotiff OUT.tif or --npy DIR")
@@ -52,6 +60,12 @@ def export(
         raise click.UsageError("--dequantise applies to --geotiff only")
     if bool(tile_names) == region.given:
         raise click.UsageError("choose the tiles: --tile (repeatable) or one region flag (--bbox, ...)")
+    if geotiff is not None:
+        check_output_files([geotiff], "--geotiff", overwrite=True)
+    if npy_dir is not None:
+        check_output_dir(npy_dir, "--npy")
+    for name in tile_names:
+        parse_tile_name(name)
     store = TileStore(store_url)
     if store.root_attrs() is None:
         raise StoreError(f"no store at {store.url}")
@@ -72,6 +86,9 @@ def export(
                 f"exporting the other {len(tiles)}",
                 err=True,
             )
+    option = "--geotiff" if geotiff is not None else "--npy"
+    check_output_files(planned_outputs(year, tiles, geotiff=geotiff, dequantised=dequantise, npy_dir=npy_dir),
+                       option, overwrite=overwrite, layout_root=npy_dir)
     written = export_tiles(store, year, tiles, geotiff=geotiff, dequantised=dequantise, npy_dir=npy_dir)
     click.echo(f"exported {len(tiles)} tile(s), {len(written)} file(s)")
     for path in written:

@@ -21,6 +21,12 @@ COMMANDS: dict[str, str] = {
     "synth": "synth:synth",
     "export": "export:export",
     "verify": "verify:verify",
+    "run": "run:run",
+    "resume": "resume:resume",
+    "status": "status:status",
+    "reprocess": "reprocess:reprocess",
+    "bench-run": "bench_run:bench_run",
+    "plan": "plan:plan",
 }
 
 
@@ -40,18 +46,35 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Turn the pipeline's typed errors into one line and exit code 2, never a traceback."""
+        """Turn the pipeline's typed errors (and file-system errors) into one line and exit code 2."""
         try:
             return super().invoke(ctx)
-        except TesseraError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (TesseraError, OSError) as exc:
+            logging.getLogger(__name__).debug("command failed", exc_info=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(2)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (library messages may span several)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
+def configure_logging(verbose: int) -> None:
+    """Our loggers at WARNING, -v INFO, -vv DEBUG; third-party loggers stay at WARNING unless -vvv."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 3 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if verbose:
+        logging.getLogger("tessera_pipeline").setLevel(logging.WARNING - 10 * min(verbose, 2))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tessera-pipeline")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v info, -vv debug (this package), -vvv debug of the libraries too.")
 def cli(verbose: int) -> None:
     """Compute Tessera embeddings for land tiles, upstream-compatible, on CPUs and GPUs."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)

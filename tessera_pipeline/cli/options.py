@@ -39,6 +39,7 @@ class RegionRequest:
     tiles_file: Path | None = None
     global_: bool = False
     landmask: str = "globe"
+    allow_wide_bbox: bool = False
 
     @property
     def given(self) -> bool:
@@ -57,10 +58,12 @@ def region_options(func: F) -> F:
         tiles_file: Path | None,
         global_: bool,
         landmask: str,
+        allow_wide_bbox: bool,
         **kwargs: Any,
     ) -> Any:
         kwargs["region"] = RegionRequest(
-            bbox=bbox, region_file=region_file, tiles_file=tiles_file, global_=global_, landmask=landmask
+            bbox=bbox, region_file=region_file, tiles_file=tiles_file, global_=global_, landmask=landmask,
+            allow_wide_bbox=allow_wide_bbox,
         )
         return func(*args, **kwargs)
 
@@ -69,7 +72,13 @@ def region_options(func: F) -> F:
             "--bbox",
             metavar="W,S,E,N",
             default=None,
-            help="Longitude/latitude box in degrees; W > E wraps across the antimeridian.",
+            help="Longitude/latitude box in degrees, longitudes first; W > E crosses the antimeridian.",
+        ),
+        click.option(
+            "--allow-wide-bbox",
+            is_flag=True,
+            default=False,
+            help="Accept a --bbox wider than 180 degrees (otherwise refused: usually W and E swapped).",
         ),
         click.option(
             "--region-file",
@@ -117,9 +126,12 @@ def select_tiles(region: RegionRequest) -> TileSet:
         raise RegionError("no region given: pass one of --bbox, --region-file, --tiles or --global")
     if len(chosen) > 1:
         raise RegionError(f"choose one region selector, got {' and '.join(chosen)}")
+    if region.allow_wide_bbox and not region.bbox:
+        raise RegionError("--allow-wide-bbox applies to --bbox only")
+    bbox = region_mod.parse_bbox(region.bbox, allow_wide=region.allow_wide_bbox) if region.bbox else None
     mask = landmask.load_landmask(region.landmask)
-    if region.bbox:
-        return region_mod.select_bbox(region_mod.parse_bbox(region.bbox), mask)
+    if bbox is not None:
+        return region_mod.select_bbox(bbox, mask)
     if region.region_file:
         return region_mod.select_geojson(region.region_file, mask)
     if region.tiles_file:

@@ -37,6 +37,8 @@ def write_json(tiles: TileSet, out: TextIO) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with each tile's CRS, size and transform.")
 def tiles(region: RegionRequest, count_only: bool, as_json: bool) -> None:
     """List the land tiles of a region (tile names, one per line, unless --count or --json)."""
+    if count_only and as_json:
+        raise click.UsageError("choose --count (the number alone) or --json (the tile list), not both")
     selected = select_tiles(region)
     if count_only:
         click.echo(len(selected))

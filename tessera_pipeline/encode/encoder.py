@@ -6,6 +6,9 @@ exact); pixels sorted by bucket are cut into packs of `batch_size` pixels whose 
 one set of GEMMs (`model.packed`). Pooled vectors are fused by the reducer per pixel and quantised
 per pixel. An empty v1.1 stream (no valid observation) has a constant pooled vector, computed once
 per encoder. No Ray and no storage here.
+
+On accelerators, `kernels="fixed"` hands the whole tile to `fixed_engine.FixedShapeEngine`:
+fixed-shape packs of one bucket length each, inputs built on the device, host reads overlapped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from tessera_pipeline.encode import prepare
+from tessera_pipeline.encode.fixed_engine import FixedShapeEngine
 from tessera_pipeline.encode.normalisation import V1_0, V1_1, DataSource, NormStats
 from tessera_pipeline.encode.quantise import quantise
 from tessera_pipeline.errors import EncodeError
@@ -32,7 +36,9 @@ from tessera_pipeline.model.packed import Pack, PackedBackbone
 
 log = logging.getLogger(__name__)
 
-Kernels = Literal["packed", "module"]
+Kernels = Literal["packed", "module", "fixed"]
+#: Compute dtype of each precision (GEMM and attention inputs; see docs/encoder.md for what stays float32).
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: A pack holds about batch_size * TOKENS_PER_PIXEL tokens (pixels x their bucket lengths).
 TOKENS_PER_PIXEL = 64
 Stream = Literal["s2", "s1"]
@@ -47,8 +53,10 @@ class EncodeSettings:
     `batch_size` is in pixels of 64 tokens: a pack holds up to batch_size * 64 tokens, so short
     sequences pack more pixels and long ones fewer, and every full pack has the same GEMM shape.
 
-    `kernels="packed"` (default) runs mixed-length packs through fused GEMMs; `"module"` runs the
-    plain torch modules per bucket (under autocast for bf16), the reference path and the GPU path.
+    `kernels="packed"` (default) runs mixed-length packs through fused GEMMs (the CPU path);
+    `"module"` runs the plain torch modules per bucket under autocast (the reference path);
+    `"fixed"` runs fixed-shape packs with device-side inputs (the accelerator path), optionally
+    replayed as CUDA graphs (`cuda_graphs`).
     """
 
     precision: Precision = "fp32"
@@ -58,6 +66,7 @@ class EncodeSettings:
     seed: int = 0
     device: str = "cpu"
     kernels: Kernels = "packed"
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -116,9 +125,16 @@ class TileEncoder:
         self._modules: dict[Stream, TransformerEncoder] = {"s2": self.model.s2_backbone, "s1": self.model.s1_backbone}
         self._configs: dict[Stream, BackboneConfig] = {"s2": loaded.config.s2, "s1": loaded.config.s1}
         self._packed: dict[Stream, PackedBackbone] = {}
+        dtype = COMPUTE_DTYPES[self.settings.precision]
         if self.settings.kernels == "packed":
-            dtype = torch.bfloat16 if self.settings.precision == "bf16" else torch.float32
-            self._packed = {s: PackedBackbone(m, dtype) for s, m in self._modules.items()}
+            fused = None if dtype != torch.float16 else False
+            self._packed = {s: PackedBackbone(m, dtype, fused=fused) for s, m in self._modules.items()}
+        self._engine: FixedShapeEngine | None = None
+        if self.settings.kernels == "fixed":
+            self._engine = FixedShapeEngine(
+                loaded, dtype=dtype, device=self.device, norm=self.norm, token_budget=self.settings.batch_size * TOKENS_PER_PIXEL,
+                chunk_pixels=self.settings.chunk_pixels, seed=self.settings.seed, cuda_graphs=self.settings.cuda_graphs,
+            )
         self._empty: dict[Stream, torch.Tensor] = {}
 
     @property
@@ -127,9 +143,19 @@ class TileEncoder:
         return bool(self._packed) and self._packed["s2"].fused
 
     def autocast(self) -> torch.autocast:
-        """The module path's precision policy: bf16 autocast for GEMMs and attention, or plain fp32."""
-        enabled = self.settings.precision == "bf16" and self.settings.kernels == "module"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """The module path's precision policy: bf16/fp16 autocast for GEMMs and attention, or plain fp32."""
+        enabled = self.settings.precision != "fp32" and self.settings.kernels == "module"
+        return torch.autocast(self.device.type, dtype=COMPUTE_DTYPES[self.settings.precision], enabled=enabled)
+
+    def close(self) -> None:
+        """Release what the encoder holds beyond its weights (the fixed path's prefetch thread)."""
+        if self._engine is not None:
+            self._engine.close()
+
+    def warm_up(self) -> None:
+        """Run every kernel of the fixed path once (and compute its constants), so the first tile starts warm."""
+        if self._engine is not None:
+            self._engine.warm_up()
 
     def _forward(self, stream: Stream, groups: list[np.ndarray], pack: Pack) -> torch.Tensor:
         """Pooled (P, D) float32 vectors of a pack whose inputs come as one (n, length, C) array per group."""
@@ -175,8 +201,8 @@ class TileEncoder:
     def _reduce(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> torch.Tensor:
         """Fuse pooled vectors into full representations (N, representation_dim) float32."""
         t0 = time.perf_counter()
-        bf16 = self.settings.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        low = self.settings.precision != "fp32"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=COMPUTE_DTYPES[self.settings.precision], enabled=low):
             reps = [self.model.reduce(s2[i : i + 4096], s1[i : i + 4096]) for i in range(0, s2.shape[0], 4096)]
         stats.model_s += time.perf_counter() - t0
         stats.flops += s2.shape[0] * reducer_flops(self.loaded.config)
@@ -204,6 +230,9 @@ class TileEncoder:
     def embed_chunk(self, chunk: prepare.Chunk, stats: EncodeStats | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """Chunk pixel indices the model encodes and their full float32 representations (before quantisation)."""
         stats = stats if stats is not None else EncodeStats()
+        if self._engine is not None:
+            with torch.inference_mode():
+                return self._engine.embed(chunk_as_tile(chunk), stats)
         if self.version == "v1.1":
             where = np.arange(chunk.n_pixels)
             s2 = self._v1_1_stream("s2", chunk, stats)
@@ -232,6 +261,14 @@ class TileEncoder:
         flat_emb = embeddings.reshape(h * w, -1)
         flat_scales = scales.reshape(h * w)
         stats = EncodeStats(pixels=h * w)
+        if self._engine is not None:
+            started = time.perf_counter()
+            where, codes, tile_scales = self._engine.encode_arrays(tile, stats, progress)
+            flat_emb[where], flat_scales[where] = codes, tile_scales
+            stats.total_s = time.perf_counter() - started
+            stats.model_s = stats.total_s
+            log.info("encoded %s: %d px in %.1f s (%.0f px/s, fixed packs on %s)", tile.name, h * w, stats.total_s, h * w / max(stats.total_s, 1e-9), self.device)
+            return EncodedTile(name=tile.name, embeddings=embeddings, scales=scales, stats=stats)
         rows = max(1, self.settings.chunk_pixels // max(w, 1))
         started = time.perf_counter()
         for row0 in range(0, h, rows):
@@ -251,3 +288,22 @@ class TileEncoder:
         stats.prepare_s = max(0.0, stats.total_s - stats.model_s)
         log.info("encoded %s: %d px in %.1f s (%.2f ms/px)", tile.name, h * w, stats.total_s, 1e3 * stats.total_s / max(h * w, 1))
         return EncodedTile(name=tile.name, embeddings=embeddings, scales=scales, stats=stats)
+
+
+def chunk_as_tile(chunk: prepare.Chunk) -> DPixelTile:
+    """A prepared chunk as a 1-row tile in upstream's (T, H, W, C) layout (for the fixed path's `embed_chunk`).
+
+    Pixel ids restart at 0, so v1.0's per-pixel sampling matches the CPU path only for a chunk that starts the tile.
+    """
+    na = chunk.n_ascending
+    s1 = chunk.s1.transpose(1, 0, 2)[:, None]
+    return DPixelTile(
+        name="chunk",
+        bands=chunk.s2.transpose(1, 0, 2)[:, None],
+        masks=chunk.s2_valid.T.astype(np.uint8)[:, None],
+        doys=chunk.s2_doy.astype(np.uint16),
+        sar_ascending=s1[:na],
+        sar_descending=s1[na:],
+        sar_ascending_doy=chunk.s1_doy[:na].astype(np.int16),
+        sar_descending_doy=chunk.s1_doy[na:].astype(np.int16),
+    )

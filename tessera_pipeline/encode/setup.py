@@ -6,13 +6,17 @@ Loading is the expensive part (a 230 MB checkpoint): callers build one `TileEnco
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
 from tessera_pipeline import __version__
 from tessera_pipeline.encode.encoder import EncodedTile, EncodeSettings, TileEncoder
 from tessera_pipeline.encode.normalisation import DataSource
+from tessera_pipeline.errors import ArgumentError
 from tessera_pipeline.hardware import HardwareInfo, Precision, configure_threads, default_precision, detect
 from tessera_pipeline.inputs.fingerprint import input_fingerprint
 from tessera_pipeline.inputs.tile import DPixelTile
@@ -21,6 +25,10 @@ from tessera_pipeline.model.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
+#: Default pack size (pixels of 64 tokens) per device type: CPU packs fit oneDNN's caches; GPU packs
+#: of ~131k tokens keep the GEMMs large and the launches per pixel few.
+DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 2048}
+
 
 def build_encoder(
     checkpoint: str,
@@ -28,30 +36,68 @@ def build_encoder(
     version: ModelVersion | None = None,
     data_source: DataSource | None = None,
     precision: Precision | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     threads: int | None = None,
     seed: int = 0,
     device: str = "auto",
     trust_checkpoint: bool = False,
+    cuda_graphs: bool = False,
 ) -> tuple[TileEncoder, HardwareInfo]:
-    """Load the checkpoint strictly and configure threads and precision for this hardware."""
+    """Load the checkpoint strictly and configure threads, precision and kernels for this hardware.
+
+    `device` is "auto", "cpu" or "cuda[:N]". CPUs run the packed oneDNN path; accelerators the
+    fixed-shape path (warmed up here, so the first tile runs at steady-state speed). `batch_size`
+    None picks the device's default (`DEFAULT_BATCH_SIZE`).
+    """
+    check_device(device)
     hw = detect(device)
     if hw.device == "cpu":
         configure_threads(threads)
     loaded = load_model(checkpoint, version=version, trust_pickle=trust_checkpoint)
+    from_ckpt = loaded.checkpoint_config.get("data_source")
     if data_source is None:
-        from_ckpt = loaded.checkpoint_config.get("data_source")
         data_source = from_ckpt if from_ckpt in ("mpc", "aws") else "mpc"
+    elif from_ckpt in ("mpc", "aws") and from_ckpt != data_source and loaded.config.version == "v1.1":
+        log.warning(
+            "the checkpoint %s declares data source %r but %r was asked for: its normalisation will not match "
+            "the one the model was trained with, and the embeddings will differ",
+            checkpoint_label(loaded.source), from_ckpt, data_source,
+        )
+    on_cpu = hw.device == "cpu"
     settings = EncodeSettings(
         precision=precision or default_precision(hw),
-        batch_size=batch_size,
+        batch_size=batch_size or DEFAULT_BATCH_SIZE["cpu" if on_cpu else "cuda"],
         data_source=data_source,
         seed=seed,
         device=hw.device,
-        kernels="packed" if hw.device == "cpu" else "module",
+        kernels="packed" if on_cpu else "fixed",
+        cuda_graphs=cuda_graphs and not on_cpu,
     )
-    log.info("encoder: %s on %s, %s, %s, batch %d, %d threads", loaded.config.version, hw.kind, settings.precision, data_source, batch_size, torch.get_num_threads())
-    return TileEncoder(loaded, settings), hw
+    log.info("encoder: %s on %s, %s, %s, batch %d, %s kernels, %d threads", loaded.config.version, hw.kind, settings.precision,
+             data_source, settings.batch_size, settings.kernels, torch.get_num_threads())
+    encoder = TileEncoder(loaded, settings)
+    encoder.warm_up()
+    return encoder, hw
+
+
+def checkpoint_label(source: str) -> str:
+    """How provenance names a checkpoint: a remote URL without its query (which may hold a signature),
+    or a local file's name only (a path on the writer's machine means nothing in a shared store)."""
+    if "://" in source:
+        parts = urlsplit(source)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return Path(source).name
+
+
+def check_device(device: str) -> None:
+    """Refuse a device string other than auto, cpu, cuda or cuda:N, and CUDA where torch sees none."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ArgumentError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ArgumentError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 def model_attributes(encoder: TileEncoder) -> dict[str, Any]:
@@ -71,7 +117,7 @@ def provenance(encoder: TileEncoder, hw: HardwareInfo, tile: DPixelTile, encoded
     s = encoded.stats
     return {
         "checkpoint_sha256": encoder.loaded.checkpoint_sha256,
-        "checkpoint_source": encoder.loaded.source,
+        "checkpoint_source": checkpoint_label(encoder.loaded.source),
         "model_version": encoder.loaded.config.version,
         "data_source": encoder.settings.data_source if encoder.version == "v1.1" else "v1.0",
         "precision": encoder.settings.precision,

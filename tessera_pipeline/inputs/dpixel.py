@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tessera_pipeline.errors import TesseraError
+from tessera_pipeline.errors import GeoreferenceError, TesseraError
 from tessera_pipeline.grid import TileGeometry, parse_tile_name, tile_geometry
 from tessera_pipeline.inputs import s3
 from tessera_pipeline.inputs.tile import DPIXEL_FILES, DPixelTile
@@ -100,3 +100,71 @@ def open_tile_at(
 ) -> DPixelTile:
     """Open the tile `{root}/{year}/{tile}/` (local or s3://), validated; see `open_tile`."""
     return open_tile(tile_location(root, year, tile), name=tile, validate=validate, cache_dir=cache_dir)
+
+
+#: Largest misalignment, in pixels, of a roi.tiff's origin from the tile's pixel grid.
+ALIGN_TOLERANCE_PX = 0.05
+
+
+def tile_directory_name(location: str | os.PathLike[str]) -> str:
+    """The last component of a tile directory (local path or s3:// URL)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_input_name(location: str | os.PathLike[str], tile: str) -> None:
+    """Refuse an input directory named like another grid tile than `tile` (before anything is read)."""
+    dir_name = tile_directory_name(location)
+    if _grid_geometry_name(dir_name) and dir_name != tile:
+        raise GeoreferenceError(
+            f"the input directory is tile {dir_name}, not {tile}: its pixels would be stored with {tile}'s "
+            "georeference (rename the directory or drop --tile)",
+            tile=tile, file=str(location),
+        )
+
+
+def _grid_geometry_name(name: str) -> bool:
+    """True when `name` is a grid tile name."""
+    try:
+        parse_tile_name(name)
+    except TesseraError:
+        return False
+    return True
+
+
+def georeference_for(tile: DPixelTile, name: str, *, file: str | None = None) -> TileGeometry:
+    """The georeference to record for `tile` stored as grid tile `name`; refuses one that disagrees.
+
+    Without a roi.tiff the arrays must be the grid tile's full size. With one, the roi raster must be
+    in the tile's UTM zone, at 10 m, aligned with the tile's pixel grid and inside the tile (a reduced
+    or partial tile): anything else is another tile's data or a wrong size, a GeoreferenceError.
+    """
+    grid = tile_geometry(name)
+    own = tile.geometry
+    label = file or name
+    if own is None or (own.epsg, own.transform, own.shape) == (grid.epsg, grid.transform, grid.shape):
+        if (tile.height, tile.width) != grid.shape:
+            raise GeoreferenceError(
+                f"arrays are {tile.height} x {tile.width} but {name} is {grid.height} x {grid.width}",
+                tile=name, file=label,
+            )
+        return grid
+    a, b, c, d, e, f = own.transform
+    if own.epsg != grid.epsg:
+        raise GeoreferenceError(f"{ROI_FILE} is in EPSG:{own.epsg}, but {name} is in EPSG:{grid.epsg}", tile=name, file=label)
+    if (a, b, d, e) != (grid.transform[0], 0.0, 0.0, grid.transform[4]):
+        raise GeoreferenceError(f"{ROI_FILE} is not a north-up 10 m raster: transform {own.transform}", tile=name, file=label)
+    col = (c - grid.transform[2]) / grid.transform[0]
+    row = (f - grid.transform[5]) / grid.transform[4]
+    r0, c0 = int(round(row)), int(round(col))
+    if r0 < 0 or c0 < 0 or r0 + own.height > grid.height or c0 + own.width > grid.width:
+        raise GeoreferenceError(
+            f"{ROI_FILE} raster ({own.height} x {own.width} at row {r0}, column {c0}) does not lie inside {name} "
+            f"({grid.height} x {grid.width}): another tile's data, or larger than the tile",
+            tile=name, file=label,
+        )
+    if abs(col - c0) > ALIGN_TOLERANCE_PX or abs(row - r0) > ALIGN_TOLERANCE_PX:
+        raise GeoreferenceError(
+            f"{ROI_FILE} origin ({c:.2f}, {f:.2f}) is not on {name}'s pixel grid (offset {col:.2f}, {row:.2f} px)",
+            tile=name, file=label,
+        )
+    return TileGeometry(name, grid.lon, grid.lat, own.epsg, own.height, own.width, own.transform)

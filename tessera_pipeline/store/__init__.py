@@ -10,6 +10,7 @@ from __future__ import annotations
 from tessera_pipeline.store.layout import TileKey
 from tessera_pipeline.store.zarr_store import (
     CommitRecord,
+    IncompleteTile,
     TileData,
     TileStore,
     VerifyResult,
@@ -20,6 +21,7 @@ from tessera_pipeline.store.zarr_store import (
 
 __all__ = [
     "CommitRecord",
+    "IncompleteTile",
     "TileData",
     "TileKey",
     "TileStore",

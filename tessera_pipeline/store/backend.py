@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from tessera_pipeline.errors import StoreError
+from tessera_pipeline.errors import StoreError, StoreUnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Backend(Protocol):
 
     def delete_tree(self, key: str) -> None:
         """Delete a prefix and everything under it; absent is fine."""
+
+    def delete(self, key: str) -> None:
+        """Delete one object; absent is fine."""
 
     def make_durable(self, key: str) -> None:
         """Make everything written under a prefix durable before a commit marker names it."""
@@ -131,6 +134,10 @@ class LocalBackend:
         """Remove a directory tree."""
         shutil.rmtree(self._path(key), ignore_errors=True)
 
+    def delete(self, key: str) -> None:
+        """Remove one file."""
+        self._path(key).unlink(missing_ok=True)
+
     def make_durable(self, key: str) -> None:
         """fsync every file and directory under the prefix, and the parents up to the root."""
         base = self._path(key)
@@ -157,9 +164,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Bounds on S3: seconds to connect, seconds per socket read, attempts per request (botocore's
+#: standard retry mode backs off between them), s3fs's own tries for a body cut short mid-read,
+#: and the total seconds any one store operation may take. A refused connection fails in seconds.
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 60.0
+S3_ATTEMPTS = 3
+S3FS_TRIES = 3
+S3_OPERATION_BUDGET_S = 600.0
+
+
 def s3_storage_options() -> dict[str, Any]:
-    """s3fs options from the standard AWS variables (endpoint, region); credentials via botocore."""
-    options: dict[str, Any] = {"use_listings_cache": False}
+    """s3fs options from the standard AWS variables (endpoint, region), with bounded timeouts and retries."""
+    options: dict[str, Any] = {
+        "use_listings_cache": False,
+        "config_kwargs": {
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "read_timeout": S3_READ_TIMEOUT_S,
+            "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+        },
+    }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -179,7 +203,9 @@ class S3Backend:
         self.base = self.url[len("s3://") :]
         if not self.base or self.base.startswith("/"):
             raise StoreError(f"bad S3 store URL {url!r}: expected s3://bucket[/prefix]")
-        self.fs = s3fs.S3FileSystem(**s3_storage_options())
+        fs = s3fs.S3FileSystem(**s3_storage_options())
+        fs.retries = S3FS_TRIES
+        self.fs = _BoundedFS(fs, self.url)
 
     def _path(self, key: str) -> str:
         return f"{self.base}/{key}" if key else self.base
@@ -189,7 +215,9 @@ class S3Backend:
         import zarr.storage
 
         url = f"{self.url}/{key}" if key else self.url
-        return zarr.storage.FsspecStore.from_url(url, storage_options=s3_storage_options())
+        store = zarr.storage.FsspecStore.from_url(url, storage_options=s3_storage_options())
+        store.fs.retries = S3FS_TRIES
+        return store
 
     def get(self, key: str) -> bytes | None:
         """GET an object, or None when absent."""
@@ -232,5 +260,60 @@ class S3Backend:
         except FileNotFoundError:
             log.debug("nothing to delete under %s", key)
 
+    def delete(self, key: str) -> None:
+        """Delete one object (S3 deletes of absent keys succeed)."""
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            log.debug("nothing to delete at %s", key)
+
     def make_durable(self, key: str) -> None:
         """Nothing to do: a PUT that returned is durable."""
+
+
+class _BoundedFS:
+    """An s3fs filesystem whose calls have a total time budget and fail as one-line StoreErrors.
+
+    "Not found" stays FileNotFoundError (callers turn it into None or []); access denied, missing
+    credentials and unreachable endpoints become StoreError / StoreUnreachableError naming the store.
+    """
+
+    def __init__(self, fs: Any, url: str) -> None:
+        self._fs = fs
+        self._url = url
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._fs, name)
+        if not callable(attr):
+            return attr
+        timed = hasattr(self._fs, f"_{name}")  # a sync wrapper of an async method takes `timeout`
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if timed:
+                kwargs.setdefault("timeout", S3_OPERATION_BUDGET_S)
+            try:
+                return attr(*args, **kwargs)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                raise _store_error(self._url, name, exc) from exc
+
+        return call
+
+
+def _store_error(url: str, operation: str, exc: Exception) -> StoreError:
+    """A one-line StoreError for a failed S3 call: denied, no credentials, or unreachable."""
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return StoreError(f"{url}: access denied ({operation}: {detail})")
+    if isinstance(exc, NoCredentialsError):
+        return StoreError(f"{url}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+    if isinstance(exc, BotoCoreError | OSError | TimeoutError):
+        return StoreUnreachableError(
+            f"{url}: S3 endpoint {endpoint} unreachable ({operation} failed after {S3_ATTEMPTS} attempts "
+            f"or {S3_OPERATION_BUDGET_S:.0f} s: {detail})"
+        )
+    return StoreError(f"{url}: {operation} failed: {detail}")

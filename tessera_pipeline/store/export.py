@@ -70,7 +70,6 @@ def write_geotiff(data: TileData, out: Path, *, dequantised: bool) -> list[Path]
     """Write one tile as GeoTIFF: float32 x128 (NaN no-data), or int8 x128 plus `*_scales.tif`."""
     import rasterio
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     height, _width, dims = data.embeddings.shape
     descriptions = [f"embedding_{i:03d}" for i in range(dims)]
     if dequantised:
@@ -83,7 +82,7 @@ def write_geotiff(data: TileData, out: Path, *, dequantised: bool) -> list[Path]
                 window = rasterio.windows.Window(0, r0, block.shape[1], block.shape[0])
                 dst.write(np.moveaxis(block, 2, 0), window=window)
         return [out]
-    scales_out = out.with_name(f"{out.stem}_scales{out.suffix or '.tif'}")
+    scales_out = scales_path(out)
     with rasterio.open(out, "w", **_profile(data, dims, "int8", None)) as dst:
         dst.update_tags(**_tags(data), TESSERA_VALUES=f"int8; multiply by the scales in {scales_out.name}")
         dst.descriptions = tuple(descriptions)
@@ -96,19 +95,45 @@ def write_geotiff(data: TileData, out: Path, *, dequantised: bool) -> list[Path]
     return [out, scales_out]
 
 
+def scales_path(out: Path) -> Path:
+    """The scales GeoTIFF written beside an int8 GeoTIFF: OUT_scales.tif."""
+    return out.with_name(f"{out.stem}_scales{out.suffix or '.tif'}")
+
+
+def geotiff_path(geotiff: Path, tile: str, n_tiles: int) -> Path:
+    """The GeoTIFF of one tile: `geotiff` itself for a single tile, else OUT_{tile}.tif."""
+    return geotiff if n_tiles == 1 else geotiff.with_name(f"{geotiff.stem}_{tile}{geotiff.suffix or '.tif'}")
+
+
+def npy_paths(out_dir: Path, year: int, tile: str) -> list[Path]:
+    """The three files of one tile in geotessera's layout: embeddings, scales, landmask GeoTIFF."""
+    tile_dir = out_dir / EMBEDDINGS_DIR_NAME / str(year) / tile
+    return [tile_dir / f"{tile}.npy", tile_dir / f"{tile}_scales.npy", out_dir / LANDMASKS_DIR_NAME / f"{tile}.tiff"]
+
+
+def planned_outputs(
+    year: int, tiles: list[str], *, geotiff: Path | None = None, dequantised: bool = False, npy_dir: Path | None = None
+) -> list[Path]:
+    """Every file `export_tiles` will write for these arguments (checked for clashes before any read)."""
+    paths: list[Path] = []
+    for tile in tiles:
+        if npy_dir is not None:
+            paths += npy_paths(npy_dir, year, tile)
+        elif geotiff is not None:
+            out = geotiff_path(geotiff, tile, len(tiles))
+            paths += [out] if dequantised else [out, scales_path(out)]
+    return paths
+
+
 def write_npy_layout(data: TileData, out_dir: Path) -> list[Path]:
     """Write one tile in geotessera's local layout: int8 + scales NPY and the georeferencing landmask."""
     import rasterio
 
-    tile_dir = out_dir / EMBEDDINGS_DIR_NAME / str(data.year) / data.tile
-    tile_dir.mkdir(parents=True, exist_ok=True)
-    emb_path = tile_dir / f"{data.tile}.npy"
-    scales_path = tile_dir / f"{data.tile}_scales.npy"
+    emb_path, sc_path, mask_path = npy_paths(out_dir, data.year, data.tile)
+    emb_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(emb_path, np.ascontiguousarray(data.embeddings, dtype=np.int8))
-    np.save(scales_path, np.ascontiguousarray(data.scales, dtype=np.float32))
-    mask_dir = out_dir / LANDMASKS_DIR_NAME
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    mask_path = mask_dir / f"{data.tile}.tiff"
+    np.save(sc_path, np.ascontiguousarray(data.scales, dtype=np.float32))
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
     land = np.isfinite(data.scales).astype(np.uint8)
     profile = _profile(data, 1, "uint8", None)
     profile["compress"] = "lzw"
@@ -116,7 +141,7 @@ def write_npy_layout(data: TileData, out_dir: Path) -> list[Path]:
     with rasterio.open(mask_path, "w", **profile) as dst:
         dst.update_tags(TESSERA_TILE=data.tile, TESSERA_VALUES="1 = land (finite scale), 0 = no data")
         dst.write(land, 1)
-    return [emb_path, scales_path, mask_path]
+    return [emb_path, sc_path, mask_path]
 
 
 def export_tiles(
@@ -128,14 +153,17 @@ def export_tiles(
     dequantised: bool = False,
     npy_dir: Path | None = None,
 ) -> list[Path]:
-    """Export complete tiles: to `geotiff` (one file, or `{stem}_{tile}.tif` for several) or to `npy_dir`."""
+    """Export complete tiles: to `geotiff` (one file, or `{stem}_{tile}.tif` for several) or to `npy_dir`.
+
+    Each tile is read with verification (objects present, checksums equal) before anything of it is
+    written, so a damaged tile raises StoreIntegrityError naming the object instead of exporting.
+    """
     written: list[Path] = []
     for tile in tiles:
-        data = store.read_tile(year, tile)
+        data = store.read_tile(year, tile, verify=True)
         if npy_dir is not None:
             written += write_npy_layout(data, npy_dir)
         elif geotiff is not None:
-            out = geotiff if len(tiles) == 1 else geotiff.with_name(f"{geotiff.stem}_{tile}{geotiff.suffix or '.tif'}")
-            written += write_geotiff(data, out, dequantised=dequantised)
+            written += write_geotiff(data, geotiff_path(geotiff, tile, len(tiles)), dequantised=dequantised)
         log.info("exported %s/%s", year, tile)
     return written

@@ -55,6 +55,18 @@ def is_version(name: str) -> bool:
     return bool(_VERSION_RE.match(name))
 
 
+def is_tile(name: str) -> bool:
+    """True when `name` is a valid tile-name key segment (listings skip anything else)."""
+    return bool(_TILE_RE.match(name))
+
+
+def version_time(version: str) -> datetime:
+    """The UTC creation time encoded in a version id (used to tell old debris from a write in progress)."""
+    if not is_version(version):
+        raise StoreError(f"not a version id: {version!r}")
+    return datetime.strptime(version[1:22], "%Y%m%dT%H%M%S%f").replace(tzinfo=timezone.utc)
+
+
 def new_version(after: str | None = None) -> str:
     """A fresh, unique version id `vYYYYMMDDTHHMMSSffffffZ-xxxxxxxx` that sorts after `after`.
 

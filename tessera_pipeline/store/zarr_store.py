@@ -9,6 +9,7 @@ Read: resolve the marker, read the version it names, re-read the marker; if it m
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -83,6 +84,22 @@ class TileData:
         """The provenance recorded when the tile was committed."""
         prov: dict[str, Any] = self.marker.get("provenance", {})
         return prov
+
+
+@dataclass(frozen=True)
+class IncompleteTile:
+    """A tile with version data but no commit marker; `age_s` is the newest version's age."""
+
+    year: int
+    tile: str
+    versions: tuple[str, ...]
+    age_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-ready)."""
+        d = asdict(self)
+        d["versions"] = list(self.versions)
+        return d
 
 
 @dataclass(frozen=True)
@@ -316,8 +333,28 @@ class TileStore:
             self.backend.put_atomic("zarr.json", _group_json(wanted))
             log.info("created store %s", self.url)
             existing = self.root_attrs() or wanted
+        self._check_model(existing, wanted)
+        return existing
+
+    def check_compatible(self, model_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Raise StoreConflictError now if this store holds another model or data source (writes nothing).
+
+        Writers call this before encoding, so a mismatch costs a second, not an encoded tile.
+        Returns the root attributes, or None when there is no store yet (a write will create it).
+        """
+        existing = self.root_attrs()
+        if existing is not None:
+            self._check_model(existing, root_attributes(model_attrs))
+        return existing
+
+    def _check_model(self, existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+        """Refuse another model version, dimension count or data source; warn on another checkpoint."""
         have, want = existing["tessera:model"], wanted["tessera:model"]
-        for key in ("model_version", "dimensions"):
+        for key in ("model_version", "dimensions", "data_source"):
+            if key == "data_source" and (key not in have or key not in want):
+                if key in want:
+                    log.warning("store %s records no data source; cannot check %s against it", self.url, want[key])
+                continue
             if str(have.get(key)) != str(want.get(key)):
                 raise StoreConflictError(
                     f"{self.url} holds {key}={have.get(key)!r}, refusing to add {key}={want.get(key)!r}"
@@ -329,7 +366,6 @@ class TileStore:
                 have.get("checkpoint_sha256"),
                 want.get("checkpoint_sha256"),
             )
-        return existing
 
     def _ensure_group(self, key: str, attributes: Mapping[str, Any]) -> None:
         """Write a group's zarr.json if it is absent (same bytes from every writer, so races are benign)."""
@@ -524,25 +560,43 @@ class TileStore:
         *,
         dequantise: bool = False,
         window: Window | None = None,
-        verify: bool = False,
+        verify: bool = True,
     ) -> TileData:
-        """Read a complete tile (or a window of it); never a mix of two versions."""
+        """Read a complete tile (or a window of it); never a mix of two versions, never silent damage.
+
+        Every read checks that the objects the marker's version needs exist (a missing chunk would
+        otherwise read as fill values); a whole-tile read with `verify` (the default) also compares
+        the sha256 checksums with the marker. Either failure is a StoreIntegrityError naming the object.
+        """
         for attempt in range(READ_RETRIES):
             marker = self.marker(year, tile)
             if marker is None:
                 raise TileNotCompleteError(f"no complete tile in {self.url} for {year}", tile=tile)
+            vkey = str(marker["path"])
             error: Exception | None = None
+            where = vkey
+            missing: list[str] = []
+            arrays: dict[str, np.ndarray] = {}
             try:
                 group = self._open_version(marker)
+                stored = {name: group[name] for name in (layout.EMBEDDINGS, layout.SCALES)}
+                missing = self._missing_objects(vkey, stored)
                 sel = window if window is not None else (slice(None), slice(None))
-                emb = np.asarray(group[layout.EMBEDDINGS][sel])
-                sc = np.asarray(group[layout.SCALES][sel])
+                for name, array in stored.items():
+                    where = f"{vkey}/{name}"
+                    arrays[name] = np.asarray(array[sel])
             except Exception as exc:  # a superseded version can vanish mid-read; decided below
                 error = exc
             again = self.marker(year, tile)
             if again is not None and again["version"] == marker["version"]:
                 if error is not None:
-                    raise StoreError(f"cannot read version {marker['version']}: {error}", tile=tile) from error
+                    missing = missing or self._missing_objects(vkey, None)
+                if missing:
+                    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                    raise StoreIntegrityError(f"missing object {missing[0]}{more} in {self.url}", tile=tile)
+                if error is not None:
+                    raise StoreError(f"cannot read {where} in {self.url}: {error}", tile=tile) from error
+                emb, sc = arrays[layout.EMBEDDINGS], arrays[layout.SCALES]
                 if verify and window is None:
                     problems = _compare(marker, emb, sc)
                     if problems:
@@ -560,13 +614,33 @@ class TileStore:
             log.info("%s/%s was replaced while being read (attempt %d); reading again", year, tile, attempt + 1)
         raise StoreError(f"tile kept changing during {READ_RETRIES} reads", tile=tile)
 
-    def open_dataset(self, year: int, tile: str) -> Any:
-        """The current version of a tile as a lazy xarray Dataset (CRS on `spatial_ref`)."""
+    def _missing_objects(self, vkey: str, arrays: Mapping[str, Any] | None) -> list[str]:
+        """Keys a version needs that are absent: group and array metadata and, given the arrays, every chunk."""
+        present = set(self.backend.list_keys(vkey))
+        needed = [f"{vkey}/zarr.json"] + [f"{vkey}/{name}/zarr.json" for name in (layout.EMBEDDINGS, layout.SCALES)]
+        for name, array in (arrays or {}).items():
+            # Stored objects follow the metadata's chunk grid (whole shards for a sharded array), not
+            # `cdata_shape`, which counts the inner chunks of a shard.
+            outer = array.metadata.chunk_grid.chunk_shape
+            grid = itertools.product(*(range(math.ceil(n / c)) for n, c in zip(array.shape, outer)))
+            needed += [f"{vkey}/{name}/{array.metadata.encode_chunk_key(coords)}" for coords in grid]
+        return [key for key in needed if key not in present]
+
+    def open_dataset(self, year: int, tile: str, *, verify: bool = True) -> Any:
+        """The current version of a tile as a lazy xarray Dataset (CRS on `spatial_ref`).
+
+        With `verify` (the default) the tile is first read whole and checked against its marker
+        (objects present, checksums equal), raising StoreIntegrityError naming the object otherwise.
+        """
         import xarray as xr
 
-        marker = self.marker(year, tile)
-        if marker is None:
-            raise TileNotCompleteError(f"no complete tile in {self.url} for {year}", tile=tile)
+        if verify:
+            marker = self.read_tile(year, tile, verify=True).marker
+        else:
+            found = self.marker(year, tile)
+            if found is None:
+                raise TileNotCompleteError(f"no complete tile in {self.url} for {year}", tile=tile)
+            marker = found
         return xr.open_zarr(self.backend.zarr_store(str(marker["path"])), consolidated=True)
 
     # --- verify ----------------------------------------------------------------------
@@ -574,11 +648,11 @@ class TileStore:
     def verify_tile(self, year: int, tile: str) -> VerifyResult:
         """Recompute a committed tile's checksums and compare shapes, dtypes and sums with its marker."""
         try:
-            data = self.read_tile(year, tile)
+            data = self.read_tile(year, tile, verify=False)
         except TileNotCompleteError:
             return VerifyResult(year, tile, False, None, ("not complete (no commit marker)",))
         except StoreError as exc:
-            return VerifyResult(year, tile, False, None, (str(exc),))
+            return VerifyResult(year, tile, False, None, (str(exc).removeprefix(f"tile {tile}: "),))
         problems = _compare(data.marker, data.embeddings, data.scales)
         return VerifyResult(year, tile, not problems, data.version, tuple(problems))
 
@@ -588,6 +662,25 @@ class TileStore:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             return list(pool.map(lambda k: self.verify_tile(k.year, k.tile), keys))
 
+    def list_incomplete(self, year: int | None = None) -> list[IncompleteTile]:
+        """Tiles that hold version data but no commit marker: an interrupted first write, or a lost marker."""
+        if year is None:
+            years = [int(n) for n in self.backend.list_children("") if n.isdigit() and len(n) == 4]
+        else:
+            years = [layout.check_year(year)]
+        complete = set(self.list_complete(year))
+        now = datetime.now(timezone.utc)
+        found: list[IncompleteTile] = []
+        for y in years:
+            for name in self.backend.list_children(layout.year_key(y)):
+                if not layout.is_tile(name) or TileKey(y, name) in complete:
+                    continue
+                versions = [v for v in self.backend.list_children(layout.tile_key(y, name)) if layout.is_version(v)]
+                if versions:
+                    age = (now - layout.version_time(max(versions))).total_seconds()
+                    found.append(IncompleteTile(y, name, tuple(sorted(versions)), age))
+        return found
+
 
 def _dequantise(emb: np.ndarray, sc: np.ndarray) -> np.ndarray:
     """Module-level alias so `read_tile`'s keyword does not shadow the function."""
@@ -595,14 +688,15 @@ def _dequantise(emb: np.ndarray, sc: np.ndarray) -> np.ndarray:
 
 
 def _compare(marker: Mapping[str, Any], emb: np.ndarray, sc: np.ndarray) -> list[str]:
-    """Differences between arrays read back and what their marker says was written."""
+    """Differences between arrays read back and what their marker says was written, naming each array."""
     problems: list[str] = []
     for name, arr in ((layout.EMBEDDINGS, emb), (layout.SCALES, sc)):
         want = marker["arrays"][name]
+        where = f"{marker['path']}/{name}"
         if list(arr.shape) != list(want["shape"]) or str(arr.dtype) != want["dtype"]:
-            problems.append(f"{name}: {arr.dtype} {list(arr.shape)} != marker {want['dtype']} {want['shape']}")
+            problems.append(f"{name}: {arr.dtype} {list(arr.shape)} != marker {want['dtype']} {want['shape']} ({where})")
         elif array_sha256(arr) != want["sha256"]:
-            problems.append(f"{name}: sha256 mismatch")
+            problems.append(f"{name}: sha256 mismatch, damaged object(s) under {where}")
     return problems
 
 

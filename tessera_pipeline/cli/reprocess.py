@@ -1,0 +1,51 @@
+"""`tessera-pipeline reprocess`: re-encode exactly a region's tiles (e.g. with a new checkpoint), each swapped atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tessera_pipeline.cli.console import make_console
+from tessera_pipeline.cli.options import RegionRequest, region_options
+from tessera_pipeline.cli.run import finish, region_dict, resolve_config, select_config_region
+from tessera_pipeline.cli.run_display import run_display
+from tessera_pipeline.errors import ConfigError
+
+
+@click.command("reprocess")
+@click.option("--store", required=True, help="The store to update (local path or s3://).")
+@region_options
+@click.option("--checkpoint", default=None, help="New checkpoint (default: the current run's).")
+@click.option("--input", "input_root", default=None, help="d-pixel root (default: the current run's).")
+@click.option("--year", type=click.IntRange(1000, 9999), default=None, help="Year (default: the current run's).")
+@click.option("--address", default=None, help="Ray cluster to join ('auto'); default: a local one.")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray cluster.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+def reprocess(store: str, region: RegionRequest, checkpoint: str | None, input_root: str | None, year: int | None,
+              address: str | None, local_cpus: int | None, as_json: bool) -> None:
+    """Re-encode the region's tiles: each is replaced atomically and records the checkpoint that made it.
+
+    Every other tile of the store is left untouched. Settings not given come from the store's current
+    run. The reprocess is itself a recorded run: `resume` finishes it if interrupted.
+    """
+    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.store import TileStore
+    from tessera_pipeline.store.runlog import RunLog
+
+    if not region.given:
+        raise ConfigError("reprocess: no region: pass one of --bbox, --region-file, --tiles or --global")
+    previous: dict = {}
+    log_ = RunLog(TileStore(store).backend)
+    if log_.current_run_id() is not None:
+        previous = dict(log_.load_run()["config"])
+    previous.pop("region", None)
+    config = resolve_config(None, {**previous, "store": store, "checkpoint": checkpoint or previous.get("checkpoint"),
+                                   "input": input_root or previous.get("input"), "year": year or previous.get("year"),
+                                   "region": region_dict(region), "address": address, "local_cpus": local_cpus},
+                            what="reprocess")
+    tiles = select_config_region(config)
+    console = make_console(stderr=as_json)
+    with run_display(console, json_stdout=as_json) as on_progress:
+        report = start(config, tiles, kind="reprocess", on_progress=on_progress)
+    finish(console, report, store, as_json)

@@ -1,0 +1,32 @@
+"""`tessera-pipeline resume`: finish an interrupted run from the store alone."""
+
+from __future__ import annotations
+
+import click
+
+from tessera_pipeline.cli.console import make_console
+from tessera_pipeline.cli.run import finish
+from tessera_pipeline.cli.run_display import run_display
+
+
+@click.command("resume")
+@click.option("--store", required=True, help="The store the run writes to (local path or s3://).")
+@click.option("--run-id", default=None, help="Which recorded run (default: the store's current run).")
+@click.option("--address", default=None, help="Ray cluster to join ('auto'); default: the run's, else a local one.")
+@click.option("--retry-failed", is_flag=True, help="Also retry tiles that failed permanently.")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray cluster.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+def resume(store: str, run_id: str | None, address: str | None, retry_failed: bool, local_cpus: int | None,
+           as_json: bool) -> None:
+    """Continue the store's current run (config, checkpoint and plan are read from the store).
+
+    Works after a killed driver or a lost head node: complete tiles are left out, half-written ones
+    were never committed and are redone. Exit code 1 when tiles failed.
+    """
+    from tessera_pipeline.run.launch import resume as resume_run
+
+    console = make_console(stderr=as_json)
+    with run_display(console, json_stdout=as_json) as on_progress:
+        report = resume_run(store, run_id=run_id, retry_failed=retry_failed,
+                            overrides={"address": address, "local_cpus": local_cpus}, on_progress=on_progress)
+    finish(console, report, store, as_json)

@@ -1,0 +1,323 @@
+"""Cost and time of a run: per-profile rows, a fixed fleet's wall time, and the cheapest mix for a deadline.
+
+The cost model is the run's own scheduling: every machine pulls tiles until none are left, so a
+fleet finishes when its summed rate has covered the work, and every machine is paid for that long.
+Under that model the cost of a unit of work is the rate-weighted mean of each machine's cost per
+pixel, so the cheapest fleet that meets a deadline fills the required rate with the types of the
+lowest cost per pixel first, up to each type's quota (a greedy choice that is optimal up to the
+rounding of the last type's machine count).
+
+Time per tile is the profile's seconds per pixel times the tile's pixels, plus fixed per-tile
+seconds (the encoder's own, measured by calibration, and the store commit); each machine also pays
+`startup_s` once. Precision per hardware class is what `run` uses
+(its built-in policy), unless the caller asks for another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from tessera_pipeline.errors import ArgumentError
+from tessera_pipeline.grid import TileSet, geometry_arrays
+from tessera_pipeline.plan.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+Pricing = Literal["on-demand", "spot"]
+SECONDS_PER_DAY = 86400.0
+#: The published assumption: every tile costs what the Manchester tile cost.
+MANCHESTER_PIXELS = 776_940
+PUBLISHED_TILE_COUNT = 1_593_480
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run has to encode: tile count and total pixels, and where the pixel count came from."""
+
+    tiles: int
+    pixels: int
+    source: str
+
+    @property
+    def mean_pixels(self) -> float:
+        """Mean pixels per tile."""
+        return self.pixels / self.tiles if self.tiles else 0.0
+
+
+def work_from_tiles(tiles: TileSet, pixels_per_tile: int | None = None) -> Work:
+    """The work of a tile set: real raster sizes from the grid (vectorised), or a fixed size per tile."""
+    if pixels_per_tile is not None:
+        return Work(len(tiles), len(tiles) * pixels_per_tile, f"{pixels_per_tile:,} pixels per tile (given)")
+    geometry = geometry_arrays(tiles.ix, tiles.iy)
+    pixels = int(np.sum(geometry["height"].astype(np.int64) * geometry["width"].astype(np.int64)))
+    return Work(len(tiles), pixels, "tile geometry (UTM raster of each tile at 10 m)")
+
+
+def assumed_work(tile_count: int, pixels_per_tile: int = MANCHESTER_PIXELS) -> Work:
+    """Work of `tile_count` tiles of `pixels_per_tile` each (the published tables' assumption)."""
+    if tile_count < 1 or pixels_per_tile < 1:
+        raise ArgumentError("--tile-count and --pixels-per-tile must be at least 1")
+    return Work(tile_count, tile_count * pixels_per_tile, f"{pixels_per_tile:,} pixels per tile (given)")
+
+
+def policy_precision(profile: Profile, model: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """The precision `run` would use on this profile's class (run config `overrides` by class first, then
+    the built-in policy) if the profile has a timing for it, else the profile's fastest."""
+    from tessera_pipeline.run.policy import builtin_policy
+
+    wanted = (overrides or {}).get(profile.hw_class) or builtin_policy(profile.hw_class).precision
+    if profile.timing(model, wanted) is not None:
+        return wanted
+    log.warning("profile %s has no %s %s timing: using its fastest precision", profile.name, model, wanted)
+    timings = [t for t in profile.timings if t.model == model]
+    return min(timings, key=lambda t: t.seconds_per_pixel).precision if timings else None
+
+
+class PlanRow(BaseModel):
+    """One profile at one precision for the whole work: the row `plan --json` prints."""
+
+    kind: str = "profile"
+    profile: str
+    machine: str
+    hw_class: str
+    model: str
+    precision: str
+    policy: bool
+    seconds_per_tile: float
+    ms_per_pixel: float
+    hours: float
+    usd_per_hour: float | None
+    usd_per_hour_spot: float | None
+    usd_per_tile: float | None
+    usd_total: float | None
+    usd_total_spot: float | None
+    source: str | None = None
+
+
+def _seconds(work: Work, profile: Profile, model: str, precision: str) -> float:
+    """Machine wall seconds for the whole work (no start-up), one profile at one precision."""
+    timing = profile.timing(model, precision)
+    if timing is None:
+        raise ArgumentError(f"profile {profile.name} has no {model} {precision} timing")
+    return work.pixels * timing.seconds_per_pixel + work.tiles * (timing.fixed_s + profile.tile_overhead_s)
+
+
+def _usd(hours: float, price: float | None) -> float | None:
+    """Dollars for machine-hours at an hourly price; None when the price is unknown."""
+    return None if price is None else hours * price
+
+
+def cost_rows(work: Work, profiles: Iterable[Profile], model: str,
+              overrides: Mapping[str, str] | None = None) -> list[PlanRow]:
+    """Every profile at every precision it has a timing for: time and cost of the whole work."""
+    rows: list[PlanRow] = []
+    for profile in profiles:
+        policy = policy_precision(profile, model, overrides)
+        for precision in profile.precisions(model):
+            seconds = _seconds(work, profile, model, precision)
+            hours = seconds / 3600.0
+            per_tile = seconds / work.tiles if work.tiles else 0.0
+            timing = profile.timing(model, precision)
+            rows.append(
+                PlanRow(
+                    profile=profile.name,
+                    machine=profile.machine,
+                    hw_class=profile.hw_class,
+                    model=model,
+                    precision=precision,
+                    policy=precision == policy,
+                    seconds_per_tile=per_tile,
+                    ms_per_pixel=1e3 * timing.seconds_per_pixel if timing else 0.0,
+                    hours=hours,
+                    usd_per_hour=profile.usd_per_hour,
+                    usd_per_hour_spot=profile.usd_per_hour_spot,
+                    usd_per_tile=_usd(per_tile / 3600.0, profile.usd_per_hour),
+                    usd_total=_usd(hours, profile.usd_per_hour),
+                    usd_total_spot=_usd(hours, profile.usd_per_hour_spot),
+                    source=timing.source if timing else None,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class Option:
+    """A way to buy work: a profile at one precision and one pricing, with a machine quota (None: unlimited)."""
+
+    profile: Profile
+    precision: str
+    pricing: Pricing
+    quota: int | None
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        """Hourly price of one machine under this pricing."""
+        return self.profile.usd_per_hour if self.pricing == "on-demand" else self.profile.usd_per_hour_spot
+
+
+class FleetItem(BaseModel):
+    """One machine type in a fleet: how many, what share of the work, machine-hours and cost."""
+
+    kind: str = "mix"
+    profile: str
+    machine: str
+    hw_class: str
+    precision: str
+    pricing: str
+    machines: int
+    tiles: float
+    hours: float
+    usd_per_hour: float | None
+    usd_total: float | None
+
+
+class Fleet(BaseModel):
+    """A fleet's estimate: wall time, machine-hours and cost, per type and in total."""
+
+    items: list[FleetItem]
+    wall_s: float
+    hours: float
+    usd_total: float | None
+    deadline_days: float | None = None
+    meets_deadline: bool | None = None
+    note: str = ""
+
+    @property
+    def wall_days(self) -> float:
+        """Wall time in days."""
+        return self.wall_s / SECONDS_PER_DAY
+
+
+def _rate(work: Work, option: Option, model: str) -> float:
+    """Tiles per second of one machine of this option, for this work's mean tile."""
+    per_tile = _seconds(work, option.profile, model, option.precision) / work.tiles
+    return 1.0 / per_tile
+
+
+def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) -> Fleet:
+    """Wall time and cost of a fixed fleet that pulls tiles until none are left (how `run` schedules)."""
+    fleet = [(o, n) for o, n in fleet if n > 0]
+    if not fleet or work.tiles == 0:
+        return Fleet(items=[], wall_s=0.0, hours=0.0, usd_total=0.0 if work.tiles == 0 else None,
+                     note="no machines" if work.tiles else "no tiles")
+    total_rate = sum(n * _rate(work, o, model) for o, n in fleet)
+    startup = max(o.profile.startup_s for o, _ in fleet)
+    wall = startup + work.tiles / total_rate
+    items: list[FleetItem] = []
+    for option, n in fleet:
+        share = n * _rate(work, option, model) / total_rate * work.tiles
+        hours = n * wall / 3600.0
+        items.append(
+            FleetItem(
+                profile=option.profile.name,
+                machine=option.profile.machine,
+                hw_class=option.profile.hw_class,
+                precision=option.precision,
+                pricing=option.pricing,
+                machines=n,
+                tiles=share,
+                hours=hours,
+                usd_per_hour=option.usd_per_hour,
+                usd_total=_usd(hours, option.usd_per_hour),
+            )
+        )
+    costs = [i.usd_total for i in items]
+    total = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+    return Fleet(items=items, wall_s=wall, hours=sum(i.hours for i in items), usd_total=total)
+
+
+def build_options(
+    profiles: Iterable[Profile],
+    model: str,
+    *,
+    quotas: Mapping[str, int] | None = None,
+    spot: bool = False,
+    overrides: Mapping[str, str] | None = None,
+) -> list[Option]:
+    """The priced options of the mix: each profile at its run precision, on demand (and spot when asked).
+
+    `quotas` maps a profile name or machine (`NAME`, or `NAME:spot` for spot) to a machine count;
+    a type not named is unlimited. A spot quota brings that type's spot option in even without
+    `spot`. Profiles without a price, or without a timing for `model`, are left out. `overrides`
+    maps a hardware class to the precision a run config sets for it.
+    """
+    quotas = dict(quotas or {})
+    known: set[str] = set()
+    options: list[Option] = []
+    for profile in profiles:
+        precision = policy_precision(profile, model, overrides)
+        if precision is None:
+            continue
+        for pricing in ("on-demand", "spot"):
+            suffix = "" if pricing == "on-demand" else ":spot"
+            names = [profile.name + suffix, profile.machine + suffix] if profile.machine else [profile.name + suffix]
+            known.update(names)
+            quota = next((int(quotas[n]) for n in names if n in quotas), None)
+            wanted = pricing == "on-demand" or spot or quota is not None
+            option = Option(profile, precision, pricing, quota)  # type: ignore[arg-type]
+            if wanted and option.usd_per_hour is not None and quota != 0:
+                options.append(option)
+    unknown = sorted(set(quotas) - known)
+    if unknown:
+        raise ArgumentError(f"--quota names no profile with a {model} timing: {', '.join(unknown)}")
+    return options
+
+
+def fleet_from_counts(profiles: Sequence[Profile], model: str, counts: Mapping[str, int],
+                      overrides: Mapping[str, str] | None = None) -> list[tuple[Option, int]]:
+    """A fixed fleet from `NAME=N` / `NAME:spot=N` counts, each profile at its run precision (unpriced allowed)."""
+    from tessera_pipeline.plan.profiles import find_profile
+
+    fleet: list[tuple[Option, int]] = []
+    for key, count in counts.items():
+        name, _, suffix = key.partition(":")
+        if suffix not in ("", "spot"):
+            raise ArgumentError(f"--machines {key}: use NAME=N or NAME:spot=N")
+        profile = find_profile(profiles, name)
+        precision = policy_precision(profile, model, overrides)
+        if precision is None:
+            raise ArgumentError(f"--machines {key}: profile {profile.name} has no {model} timing")
+        fleet.append((Option(profile, precision, "spot" if suffix else "on-demand", None), int(count)))
+    return fleet
+
+
+def cheapest_mix(work: Work, options: Sequence[Option], model: str, deadline_days: float) -> Fleet:
+    """The cheapest fleet of the options that finishes the work within the deadline, within quotas."""
+    if deadline_days <= 0:
+        raise ArgumentError("--deadline must be more than 0 days")
+    if not options:
+        return Fleet(items=[], wall_s=0.0, hours=0.0, usd_total=None, deadline_days=deadline_days,
+                     meets_deadline=False, note="no priced profile with a timing for this model")
+    deadline_s = deadline_days * SECONDS_PER_DAY
+
+    def usd_per_tile(option: Option) -> float:
+        """What one tile costs under this option: the greedy order."""
+        return (option.usd_per_hour or 0.0) / 3600.0 / _rate(work, option, model)
+
+    chosen: list[tuple[Option, int]] = []
+    tiles_left = float(work.tiles)
+    for option in sorted(options, key=usd_per_tile):
+        budget = deadline_s - option.profile.startup_s
+        per_tile = 1.0 / _rate(work, option, model)
+        if budget < per_tile:
+            continue
+        per_machine = budget / per_tile
+        wanted = math.ceil(tiles_left / per_machine - 1e-9)
+        n = wanted if option.quota is None else min(wanted, option.quota)
+        if n <= 0:
+            continue
+        chosen.append((option, n))
+        tiles_left -= n * per_machine
+        if tiles_left <= 0:
+            break
+    fleet = fleet_estimate(work, chosen, model)
+    meets = tiles_left <= 0 and fleet.wall_s <= deadline_s * (1 + 1e-9)
+    note = "" if meets else "the quotas cannot finish the work by the deadline: this is the fastest fleet they allow"
+    return fleet.model_copy(update={"deadline_days": deadline_days, "meets_deadline": meets, "note": note})

@@ -1,0 +1,205 @@
+"""Hardware profiles: how long a machine takes per pixel for each model and precision, and its price.
+
+A profile is one machine type (an Azure size, a workstation, the machine at hand after
+`bench --calibrate`). Its timings are wall seconds of the whole machine for one tile of a known
+pixel count, so `plan` can scale them to every tile's real size. The built-in profiles
+(`profiles.yaml` beside this module) carry the published figures with their sources; users add
+or override profiles with a YAML or JSON file of the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tessera_pipeline.errors import ArgumentError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ModelName = Literal["v1.0", "v1.1"]
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+BUILTIN_FILE = "profiles.yaml"
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d{2}(?:\.\d+)?)$")
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from a number or a "mm:ss" / "h:mm:ss" string (the form the published tables use)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    match = _CLOCK.match(text)
+    if match:
+        hours, minutes, seconds = match.groups()
+        return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ValueError(f"not a duration (seconds, mm:ss or h:mm:ss): {value!r}") from exc
+
+
+class Timing(BaseModel):
+    """One measured tile: model, precision, the machine's wall seconds, the tile's pixels, the source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelName
+    precision: PrecisionName
+    seconds: float = Field(gt=0, description="Wall seconds of the whole machine for one tile.")
+    pixels: int = Field(gt=0, description="Pixels of the timed tile.")
+    fixed_s: float = Field(default=0.0, ge=0, description="Part of `seconds` that any tile costs, whatever its size.")
+    source: str | None = None
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _clock(cls, value: Any) -> float:
+        """Accept the published "mm:ss" and "h:mm:ss" forms."""
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _fixed_within(self) -> Timing:
+        """The fixed part must leave some seconds for the pixels."""
+        if self.fixed_s >= self.seconds:
+            raise ValueError(f"fixed_s {self.fixed_s} must be less than seconds {self.seconds}")
+        return self
+
+    @property
+    def seconds_per_pixel(self) -> float:
+        """Machine wall seconds per pixel, beyond the fixed per-tile part."""
+        return (self.seconds - self.fixed_s) / self.pixels
+
+    def tile_seconds(self, pixels: float) -> float:
+        """Machine wall seconds for a tile of `pixels` pixels."""
+        return self.fixed_s + pixels * self.seconds_per_pixel
+
+
+class Profile(BaseModel):
+    """One machine type: its hardware class (as `run` routes on), prices and measured timings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    machine: str = ""
+    hw_class: str = Field(min_length=1, description="The class `run` routes on, e.g. cuda-T4, cpu-amx.")
+    description: str = ""
+    usd_per_hour: float | None = Field(default=None, ge=0)
+    usd_per_hour_spot: float | None = Field(default=None, ge=0)
+    price_source: str | None = None
+    startup_s: float = Field(default=0.0, ge=0, description="One-time cost per machine: model load and warm-up.")
+    tile_overhead_s: float = Field(default=0.0, ge=0, description="Fixed wall seconds per tile (I/O, commit).")
+    measured_on: dict[str, str] | None = Field(default=None, description="What `bench --calibrate` saw.")
+    timings: list[Timing] = Field(default_factory=list)
+
+    def timing(self, model: str, precision: str) -> Timing | None:
+        """The timing for a model and precision, or None when this profile has none."""
+        for t in self.timings:
+            if t.model == model and t.precision == precision:
+                return t
+        return None
+
+    def precisions(self, model: str) -> list[str]:
+        """Precisions this profile has a timing for, for one model."""
+        return [t.precision for t in self.timings if t.model == model]
+
+    def with_prices(self, usd_per_hour: float | None = None, usd_per_hour_spot: float | None = None) -> Profile:
+        """A copy with the given prices replacing the stored ones (None keeps the stored price)."""
+        update: dict[str, Any] = {}
+        if usd_per_hour is not None:
+            update["usd_per_hour"] = usd_per_hour
+            update["price_source"] = "given on the command line"
+        if usd_per_hour_spot is not None:
+            update["usd_per_hour_spot"] = usd_per_hour_spot
+        return self.model_copy(update=update)
+
+
+class ProfileFile(BaseModel):
+    """A profiles file: `profiles: [...]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profiles: list[Profile]
+
+
+def _parse(text: str, where: str) -> list[Profile]:
+    """Profiles from YAML or JSON text; ConfigError naming `where` and the bad key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not YAML or JSON ({exc})") from exc
+    if isinstance(raw, list):
+        raw = {"profiles": raw}
+    try:
+        parsed = ProfileFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {key}: {first['msg']}") from exc
+    names = [p.name for p in parsed.profiles]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: profile names repeated: {', '.join(dupes)}")
+    return parsed.profiles
+
+
+def builtin_profiles() -> list[Profile]:
+    """The profiles shipped with the package: the published T4, AMX, L4 and A10 figures."""
+    text = resources.files("tessera_pipeline.plan").joinpath(BUILTIN_FILE).read_text()
+    return _parse(text, f"built-in {BUILTIN_FILE}")
+
+
+def load_profiles(path: str | Path) -> list[Profile]:
+    """Profiles from a user's YAML/JSON file (the shape of the built-in file, or `bench --calibrate`'s)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read profiles ({exc.strerror or exc})") from exc
+    return _parse(text, str(path))
+
+
+def merge_profiles(base: Iterable[Profile], extra: Iterable[Profile]) -> list[Profile]:
+    """`base` with `extra` added; a profile in `extra` replaces a base profile of the same name."""
+    merged = {p.name: p for p in base}
+    for p in extra:
+        if p.name in merged:
+            log.info("profile %s: replaced by the one from the profiles file", p.name)
+        merged[p.name] = p
+    return list(merged.values())
+
+
+def dump_profiles(profiles: Iterable[Profile]) -> str:
+    """YAML text of a profiles file (what `bench --calibrate` writes and `load_profiles` reads)."""
+    data = {"profiles": [p.model_dump(exclude_none=True) for p in profiles]}
+    return yaml.safe_dump(data, sort_keys=False, width=120)
+
+
+def parse_assignments(pairs: Iterable[str], what: str, *, as_int: bool = False) -> dict[str, float]:
+    """`NAME=VALUE` flags (quota, price) into a dict; ArgumentError for a malformed one."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ArgumentError(f"{what} needs NAME=VALUE, got {pair!r}")
+        try:
+            number = int(value) if as_int else float(value)
+        except ValueError as exc:
+            raise ArgumentError(f"{what} {name}: {value!r} is not a{'n integer' if as_int else ' number'}") from exc
+        if number < 0:
+            raise ArgumentError(f"{what} {name}: must not be negative, got {value}")
+        out[name.strip()] = number
+    return out
+
+
+def find_profile(profiles: Iterable[Profile], key: str) -> Profile:
+    """The profile named `key` (or whose machine is `key`); ArgumentError listing the names otherwise."""
+    profiles = list(profiles)
+    for p in profiles:
+        if key in (p.name, p.machine):
+            return p
+    raise ArgumentError(f"no profile named {key!r}; profiles: {', '.join(p.name for p in profiles)}")

@@ -1,0 +1,65 @@
+"""Which failures are worth retrying: a typed reason for every exception a tile can end with.
+
+Permanent: the tile's input is bad, or the checkpoint is; retrying gives the same answer, so the
+tile is recorded once and the run goes on. Transient: anything the cloud does (a lost actor or
+node, S3 throttling or 5xx, a dropped connection, a timeout, an object-store hiccup); retried with
+backoff up to `max_attempts`, elsewhere when possible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tessera_pipeline.errors import (
+    CheckpointError,
+    EncodeError,
+    InputError,
+    RemoteInputError,
+    StoreConflictError,
+)
+
+Kind = Literal["permanent", "transient"]
+
+
+@dataclass(frozen=True)
+class FailureInfo:
+    """A classified failure: kind, a short reason (the failures-by-reason key) and the message."""
+
+    kind: Kind
+    reason: str
+    message: str
+
+
+def classify(exc: BaseException) -> FailureInfo:
+    """Classify an exception raised while processing a tile (in the worker or by Ray)."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, RemoteInputError):
+        return FailureInfo("transient", "input-unreachable", message)
+    if isinstance(exc, InputError):
+        return FailureInfo("permanent", f"bad-input:{type(exc).__name__}", message)
+    if isinstance(exc, CheckpointError):
+        return FailureInfo("permanent", "bad-checkpoint", message)
+    if isinstance(exc, StoreConflictError):
+        return FailureInfo("permanent", "store-conflict", message)
+    if isinstance(exc, EncodeError):
+        return FailureInfo("permanent", "encode-error", message)
+    return classify_system(exc, message)
+
+
+def classify_system(exc: BaseException, message: str) -> FailureInfo:
+    """Ray, network and storage failures: all transient, with a reason naming what happened."""
+    name = type(exc).__name__
+    if name in ("ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError"):
+        return FailureInfo("transient", "actor-lost", message)
+    if name in ("NodeDiedError", "OwnerDiedError", "ObjectLostError", "ObjectFetchTimedOutError",
+                "ReferenceCountingAssertionError", "ObjectReconstructionFailedError"):
+        return FailureInfo("transient", "object-lost", message)
+    if name in ("WorkerCrashedError", "OutOfMemoryError", "LocalRayletDiedError", "RaySystemError"):
+        return FailureInfo("transient", "worker-crashed", message)
+    if name in ("GetTimeoutError", "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError"):
+        return FailureInfo("transient", "timeout", message)
+    if isinstance(exc, (OSError, ConnectionError)) or name in ("ClientError", "EndpointConnectionError",
+                                                               "BotoCoreError", "StoreError"):
+        return FailureInfo("transient", "io-error", message)
+    return FailureInfo("transient", f"error:{name}", message)

@@ -1,0 +1,176 @@
+"""The run records kept inside an embedding store, so a run can be resumed and audited from the store alone.
+
+Keys (relative to the store root, specified in docs/formats.md, section 7):
+
+    _run/current.json                     {"run_id": ...}: the run `resume` and `status` pick by default
+    _run/runs/{run_id}/run.json           the resolved run config, checkpoint identity, plan summary
+    _run/runs/{run_id}/plan.tsv.gz        the planned tiles, largest first: "year<TAB>tile<TAB>pixels"
+    _run/runs/{run_id}/progress.json      the driver's latest progress snapshot (throughput by class)
+    _run/failures/{year}/{tile}.json      a tile that failed permanently (reason, message, attempts)
+
+Commit markers stay the only definition of "complete"; a failure record is deleted when its tile
+is later committed, and any record whose tile has a marker is ignored by readers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from tessera_pipeline.errors import StoreError
+from tessera_pipeline.store import layout
+from tessera_pipeline.store.backend import Backend
+
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "_run"
+RUN_FORMAT = "tessera-run/1"
+CURRENT_KEY = f"{RUN_PREFIX}/current.json"
+FAILURES_PREFIX = f"{RUN_PREFIX}/failures"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: `rYYYYMMDDTHHMMSSZ-xxxxxx`."""
+    return f"r{datetime.now(timezone.utc):%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:6]}"
+
+
+def run_key(run_id: str, name: str) -> str:
+    """Key of one object of a run's record."""
+    return f"{RUN_PREFIX}/runs/{run_id}/{name}"
+
+
+def failure_key(year: int, tile: str) -> str:
+    """Key of a tile's failure record."""
+    return f"{FAILURES_PREFIX}/{layout.check_year(year)}/{layout.check_tile(tile)}.json"
+
+
+@dataclass(frozen=True)
+class PlannedTiles:
+    """A run's tiles as parallel arrays, largest first (the order the driver schedules them in)."""
+
+    years: np.ndarray
+    tiles: list[str]
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of planned tiles."""
+        return len(self.tiles)
+
+    @property
+    def total_pixels(self) -> int:
+        """Pixels over all planned tiles."""
+        return int(self.pixels.sum())
+
+
+def encode_plan(plan: PlannedTiles) -> bytes:
+    """The plan as gzipped tab-separated text (about 6 MB for the whole globe)."""
+    body = "".join(f"{y}\t{t}\t{p}\n" for y, t, p in zip(plan.years.tolist(), plan.tiles, plan.pixels.tolist()))
+    return gzip.compress(body.encode(), compresslevel=6, mtime=0)
+
+
+def decode_plan(data: bytes) -> PlannedTiles:
+    """Parse what `encode_plan` wrote."""
+    text = gzip.decompress(data).decode()
+    if not text:
+        return PlannedTiles(np.zeros(0, np.int32), [], np.zeros(0, np.int64))
+    cols = np.loadtxt(io.StringIO(text), dtype=str, delimiter="\t", ndmin=2)
+    return PlannedTiles(cols[:, 0].astype(np.int32), cols[:, 1].tolist(), cols[:, 2].astype(np.int64))
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False, default=str).encode()
+
+
+class RunLog:
+    """Reads and writes the run records of one store through its backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        raw = self.backend.get(key)
+        if raw is None:
+            return None
+        try:
+            doc: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"{self.backend.url}/{key}: unreadable run record ({exc})") from exc
+        return doc
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def save_run(self, run_id: str, record: dict[str, Any], plan: PlannedTiles) -> None:
+        """Store a run's config and plan (plan first), then make it the current run."""
+        self.backend.put_atomic(run_key(run_id, "plan.tsv.gz"), encode_plan(plan))
+        doc = {"format": RUN_FORMAT, "run_id": run_id, **record}
+        self.backend.put_atomic(run_key(run_id, "run.json"), _dump(doc))
+        self.backend.put_atomic(CURRENT_KEY, _dump({"run_id": run_id}))
+
+    def current_run_id(self) -> str | None:
+        """The id of the run started last in this store, or None."""
+        doc = self._json(CURRENT_KEY)
+        return None if doc is None else str(doc["run_id"])
+
+    def run_ids(self) -> list[str]:
+        """Every run recorded in this store, oldest first."""
+        return sorted(n for n in self.backend.list_children(f"{RUN_PREFIX}/runs") if n.startswith("r"))
+
+    def load_run(self, run_id: str | None = None) -> dict[str, Any]:
+        """A run's record (the current run by default); StoreError when there is none."""
+        run_id = run_id or self.current_run_id()
+        if run_id is None:
+            raise StoreError(f"{self.backend.url} holds no run record: start one with `tessera-pipeline run`")
+        doc = self._json(run_key(run_id, "run.json"))
+        if doc is None:
+            raise StoreError(f"{self.backend.url} has no run {run_id}")
+        if doc.get("format") != RUN_FORMAT:
+            raise StoreError(f"{self.backend.url}: run {run_id} has format {doc.get('format')!r}, not {RUN_FORMAT}")
+        return doc
+
+    def load_plan(self, run_id: str) -> PlannedTiles:
+        """A run's planned tiles."""
+        raw = self.backend.get(run_key(run_id, "plan.tsv.gz"))
+        if raw is None:
+            raise StoreError(f"{self.backend.url}: run {run_id} has no plan")
+        return decode_plan(raw)
+
+    def save_progress(self, run_id: str, snapshot: dict[str, Any]) -> None:
+        """Replace the run's progress snapshot."""
+        self.backend.put_atomic(run_key(run_id, "progress.json"), _dump(snapshot))
+
+    def load_progress(self, run_id: str) -> dict[str, Any] | None:
+        """The run's latest progress snapshot, if the driver wrote one."""
+        return self._json(run_key(run_id, "progress.json"))
+
+    # --- failures ------------------------------------------------------------------------
+
+    def record_failure(self, year: int, tile: str, record: dict[str, Any]) -> None:
+        """Write (or replace) a tile's failure record."""
+        doc = {"year": year, "tile": tile, "failed_at": datetime.now(timezone.utc).isoformat(), **record}
+        self.backend.put_atomic(failure_key(year, tile), _dump(doc))
+
+    def clear_failure(self, year: int, tile: str) -> None:
+        """Delete a tile's failure record (after it was committed)."""
+        self.backend.delete(failure_key(year, tile))
+
+    def failed_tiles(self, year: int | None = None) -> list[tuple[int, str]]:
+        """(year, tile) of every failure record, from one listing."""
+        prefix = FAILURES_PREFIX if year is None else f"{FAILURES_PREFIX}/{layout.check_year(year)}"
+        found: list[tuple[int, str]] = []
+        for key in self.backend.list_keys(prefix):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[2].isdigit() and parts[3].endswith(".json"):
+                found.append((int(parts[2]), parts[3][: -len(".json")]))
+        return sorted(found)
+
+    def failure(self, year: int, tile: str) -> dict[str, Any] | None:
+        """A tile's failure record, or None."""
+        return self._json(failure_key(year, tile))

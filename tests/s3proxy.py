@@ -1,0 +1,119 @@
+"""A flaky loopback proxy in front of the test S3 server: a seeded share of requests get 503 SlowDown or a dropped connection.
+
+Clients point AWS_ENDPOINT_URL at the proxy; everything else is forwarded unchanged to moto.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+
+
+class FlakyProxy(ThreadingHTTPServer):
+    """The server: forwards to `upstream`, failing `fail_rate` of requests (half 503, half dropped)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that hang up (after a dropped connection) are expected here: stay quiet."""
+
+    def __init__(self, upstream: str, fail_rate: float, seed: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        parsed = urlparse(upstream)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.fail_rate = fail_rate
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def decide(self) -> str:
+        """'ok', '503' or 'drop' for the next request."""
+        with self.lock:
+            roll = self.rng.random()
+            outcome = "ok" if roll >= self.fail_rate else ("503" if roll < self.fail_rate / 2 else "drop")
+            self.counts[outcome] += 1
+            return outcome
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FlakyProxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+        """Quiet."""
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _forward(self) -> None:
+        body = self._body()
+        outcome = self.server.decide()
+        if outcome == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if outcome == "503":
+            self.send_response(503, "Slow Down")
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(SLOWDOWN)))
+            self.end_headers()
+            self.wfile.write(SLOWDOWN)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status, resp.reason)
+        for key, value in resp.getheaders():
+            if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
+                self.send_header(key, value)
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+@contextmanager
+def flaky_proxy(upstream: str, *, fail_rate: float = 0.1, seed: int = 0) -> Iterator[FlakyProxy]:
+    """Run the proxy on a free loopback port for the block; its URL is `http://127.0.0.1:{server_port}`."""
+    server = FlakyProxy(upstream, fail_rate, seed)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,264 @@
+"""`plan`: the published global table, real tile geometry, profiles files, the fleet model and the cheapest mix."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tessera_pipeline.bench import encoder_bench
+
+from tessera_pipeline.cli.main import cli
+from tessera_pipeline.errors import ArgumentError, ConfigError
+from tessera_pipeline.grid import TileSet, tile_geometry
+from tessera_pipeline.model import LoadedModel, build_model, v1_1_config
+from tessera_pipeline.plan import (
+    Profile,
+    Timing,
+    Work,
+    assumed_work,
+    build_options,
+    builtin_profiles,
+    cheapest_mix,
+    cost_rows,
+    fleet_estimate,
+    fleet_from_counts,
+    load_profiles,
+    work_from_tiles,
+)
+from tessera_pipeline.plan.profiles import dump_profiles, parse_duration
+
+T4 = "azure-nc8as-t4-v3"
+AMX = "azure-d16s-v6-amx"
+
+
+def _plan_json(*args: str) -> list[dict]:
+    result = CliRunner().invoke(cli, ["plan", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _row(rows: list[dict], profile: str, precision: str) -> dict:
+    return next(r for r in rows if r["kind"] == "profile" and r["profile"] == profile and r["precision"] == precision)
+
+
+def test_published_global_table_is_reproduced_within_2_percent() -> None:
+    """The v1.1 post's global table: 1,593,480 tiles, each costing what the 776,940-pixel Manchester tile cost."""
+    rows = _plan_json("--tile-count", "1593480", "--pixels-per-tile", "776940", "--model", "v1.1")
+    published = {  # profile, precision: (s/tile, machine-hours, total $)
+        (T4, "fp32"): (1545, 686e3, 641e3),
+        (AMX, "bf16"): (1566, 696e3, 679e3),
+        (T4, "bf16"): (2015, 900e3, 837e3),
+    }
+    for (profile, precision), (seconds, hours, usd) in published.items():
+        row = _row(rows, profile, precision)
+        assert row["seconds_per_tile"] == pytest.approx(seconds, rel=1e-9)
+        assert row["hours"] == pytest.approx(hours, rel=0.02)
+        assert row["usd_total"] == pytest.approx(usd, rel=0.02)
+        assert set(row) >= {"profile", "precision", "seconds_per_tile", "hours", "usd_per_tile", "usd_total", "usd_total_spot"}
+    assert _row(rows, T4, "fp32")["policy"] and _row(rows, AMX, "bf16")["policy"]
+    assert not _row(rows, T4, "bf16")["policy"]
+    # Spot: the AMX post's $0.1785/h against the T4's $0.5176/h reverses the order.
+    assert _row(rows, AMX, "bf16")["usd_total_spot"] < _row(rows, T4, "fp32")["usd_total_spot"]
+
+
+def test_global_plan_uses_real_geometry_and_is_fast() -> None:
+    """`plan --global`: every land tile's own raster size, vectorised (seconds, not minutes)."""
+    start = time.perf_counter()
+    rows = _plan_json("--global", "--model", "v1.1")
+    elapsed = time.perf_counter() - start
+    t4 = _row(rows, T4, "fp32")
+    tiles = t4["hours"] * 3600 / t4["seconds_per_tile"]
+    assert tiles == pytest.approx(1_598_651, rel=1e-9)
+    mean_pixels = t4["seconds_per_tile"] / (1545 / 776_940)
+    # Tiles near the equator are ~1.24 M px, near 60 N ~0.6 M: the land-weighted mean is above Manchester's.
+    assert 850_000 < mean_pixels < 950_000
+    assert t4["usd_total"] > 641e3 * 1.1
+    assert elapsed < 30, f"plan --global took {elapsed:.1f} s"
+
+
+def test_region_pixels_are_the_sum_of_the_tiles_rasters() -> None:
+    """The geometry path counts exactly each tile's height x width, as the grid module defines them."""
+    tiles = TileSet.from_names(["grid_-1.55_53.25", "grid_0.15_52.05", "grid_20.05_-33.95", "grid_100.05_0.05"])
+    work = work_from_tiles(tiles)
+    expected = sum(g.height * g.width for g in (tile_geometry(n) for n in tiles.names()))
+    assert work.tiles == 4 and work.pixels == expected
+    assert tile_geometry("grid_-1.55_53.25").height * tile_geometry("grid_-1.55_53.25").width == 776_940
+    assert work_from_tiles(tiles, pixels_per_tile=10).pixels == 40
+
+
+def test_bbox_plan_matches_the_manchester_tile_time() -> None:
+    """One Manchester tile by bbox takes exactly the published T4 v1.1 fp32 time (same pixel count)."""
+    rows = _plan_json("--bbox", "-1.58,53.22,-1.52,53.28", "--model", "v1.1")
+    assert _row(rows, T4, "fp32")["seconds_per_tile"] == pytest.approx(1545, rel=1e-9)
+
+
+def test_durations_and_profile_files(tmp_path: Path) -> None:
+    """mm:ss and h:mm:ss parse; a user file round-trips, overrides a built-in, and bad keys are named."""
+    assert parse_duration("1:17:58") == 4678 and parse_duration("25:45") == 1545 and parse_duration(12) == 12
+    amx = next(p for p in builtin_profiles() if p.name == AMX)
+    assert amx.timing("v1.1", "fp32").seconds == 4678
+    cheaper = amx.with_prices(0.5)
+    path = tmp_path / "profiles.yaml"
+    path.write_text(dump_profiles([cheaper]))
+    assert load_profiles(path) == [cheaper]
+    rows = _plan_json("--tile-count", "10", "--profiles", str(path))
+    assert _row(rows, AMX, "bf16")["usd_per_hour"] == 0.5
+    path.write_text("profiles:\n  - name: x\n    hw_class: cpu-amx\n    timings:\n      - {model: v1.1, precision: fp8, seconds: 1, pixels: 1}\n")
+    with pytest.raises(ConfigError, match=r"profiles.0.timings.0.precision"):
+        load_profiles(path)
+    result = CliRunner().invoke(cli, ["plan", "--tile-count", "1", "--profiles", str(path)])
+    assert result.exit_code == 2 and "precision" in result.output
+
+
+def test_builtin_profiles_name_their_sources() -> None:
+    """Every built-in timing and price says where it comes from; the L4 has no invented price."""
+    profiles = {p.name: p for p in builtin_profiles()}
+    assert {T4, AMX, "local-l4"} <= set(profiles)
+    for profile in profiles.values():
+        assert profile.price_source
+        assert all(t.source for t in profile.timings)
+    assert profiles["local-l4"].usd_per_hour is None
+    assert profiles[T4].usd_per_hour == 0.94 and profiles[AMX].usd_per_hour == 0.98
+
+
+def _profile(name: str, seconds: float, usd: float | None, spot: float | None = None, startup: float = 0.0) -> Profile:
+    return Profile(name=name, machine=name.upper(), hw_class="cpu-amx", usd_per_hour=usd, usd_per_hour_spot=spot,
+                   startup_s=startup, timings=[Timing(model="v1.1", precision="bf16", seconds=seconds, pixels=100)])
+
+
+def test_fleet_pulls_tiles_until_none_are_left() -> None:
+    """Wall time is tiles over the fleet's summed rate (plus start-up); every machine is paid for all of it."""
+    fast, slow = _profile("fast", 10, 2.0, startup=5), _profile("slow", 30, 1.0)
+    work = assumed_work(120, 100)
+    fleet = fleet_estimate(work, fleet_from_counts([fast, slow], "v1.1", {"fast": 1, "slow": 3}), "v1.1")
+    # rates: 1/10 + 3/30 = 0.2 tiles/s -> 600 s, plus the slowest start-up.
+    assert fleet.wall_s == pytest.approx(605)
+    assert [i.tiles for i in fleet.items] == pytest.approx([60, 60])
+    assert fleet.usd_total == pytest.approx(605 / 3600 * (2.0 + 3 * 1.0))
+
+
+def test_cheapest_mix_fills_the_cheapest_type_first_within_quotas() -> None:
+    """Greedy by cost per tile, capped by quotas; the result meets the deadline and costs what the fleet costs."""
+    cheap, dear = _profile("cheap", 100, 1.0, spot=0.2), _profile("dear", 50, 4.0)
+    work = assumed_work(100_000, 100)
+    deadline_days = 10.0
+    unlimited = cheapest_mix(work, build_options([cheap, dear], "v1.1"), "v1.1", deadline_days)
+    assert [i.profile for i in unlimited.items] == ["cheap"] and unlimited.meets_deadline
+    assert unlimited.items[0].machines == 12  # 100,000 tiles x 100 s / 864,000 s = 11.6 -> 12
+    capped = cheapest_mix(work, build_options([cheap, dear], "v1.1", quotas={"cheap": 5}), "v1.1", deadline_days)
+    assert {i.profile: i.machines for i in capped.items} == {"cheap": 5, "dear": 4}
+    assert capped.meets_deadline and capped.wall_s <= deadline_days * 86400
+    again = fleet_estimate(work, fleet_from_counts([cheap, dear], "v1.1", {"cheap": 5, "dear": 4}), "v1.1")
+    assert capped.usd_total == pytest.approx(again.usd_total)
+    spot = cheapest_mix(work, build_options([cheap, dear], "v1.1", spot=True), "v1.1", deadline_days)
+    assert [(i.profile, i.pricing) for i in spot.items] == [("cheap", "spot")]
+    short = cheapest_mix(work, build_options([cheap, dear], "v1.1", quotas={"cheap": 1, "dear": 1}), "v1.1", 1.0)
+    assert not short.meets_deadline and short.note
+    with pytest.raises(ArgumentError, match="nosuch"):
+        build_options([cheap], "v1.1", quotas={"nosuch": 1})
+
+
+def test_unpriced_profiles_are_rows_but_not_in_the_mix() -> None:
+    """The L4 (no published price) shows its time, no cost, and joins the mix only once priced."""
+    profiles = builtin_profiles()
+    work = Work(10, 10 * 776_940, "test")
+    l4 = next(r for r in cost_rows(work, profiles, "v1.1") if r.profile == "local-l4" and r.precision == "bf16")
+    assert l4.usd_total is None and l4.seconds_per_tile == 276
+    assert "local-l4" not in {o.profile.name for o in build_options(profiles, "v1.1")}
+    rows = _plan_json("--tile-count", "1000", "--price", "local-l4=0.5", "--deadline", "1", "--quota", "local-l4=100")
+    mix = [r for r in rows if r["kind"] == "mix"]
+    total = next(r for r in rows if r["kind"] == "mix-total")
+    assert mix[0]["profile"] == "local-l4" and total["meets_deadline"]
+
+
+def test_run_config_precisions_replace_the_policy(tmp_path: Path) -> None:
+    """`plan --config run.yaml` prices each class at the precision the run config gives it, as `run` would run it."""
+    config = tmp_path / "run.yaml"
+    config.write_text("window: 2\nnode_types:\n  cuda-T4: {precision: bf16}\n")
+    rows = _plan_json("--tile-count", "100", "--config", str(config), "--deadline", "1", "--quota", "azure-d16s-v6-amx=0")
+    assert _row(rows, T4, "bf16")["policy"] and not _row(rows, T4, "fp32")["policy"]
+    assert {r["precision"] for r in rows if r["kind"] == "mix"} == {"bf16"}
+    config.write_text("node_types:\n  cuda-T4: {precision: fp8}\n")
+    result = CliRunner().invoke(cli, ["plan", "--tile-count", "1", "--config", str(config)])
+    assert result.exit_code == 2 and "node_types.cuda-T4.precision" in result.output
+
+
+def test_a_spot_quota_brings_spot_in() -> None:
+    """`--quota NAME:spot=N` alone lets the mix use that many spot machines of the type."""
+    rows = _plan_json("--tile-count", "1000", "--deadline", "1", "--quota", f"{AMX}:spot=10")
+    pricings = {(r["profile"], r["pricing"]): r["machines"] for r in rows if r["kind"] == "mix"}
+    assert pricings[(AMX, "spot")] == 10 and (T4, "spot") not in pricings
+
+
+def test_plan_flags_are_checked() -> None:
+    """Region and --tile-count exclude each other; a malformed quota is a one-line error."""
+    runner = CliRunner()
+    for args in (["--tile-count", "5", "--global"], [], ["--tile-count", "5", "--deadline", "1", "--quota", "x"]):
+        result = runner.invoke(cli, ["plan", *args])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error:")
+
+
+def test_plot_draws_pngs(tmp_path: Path) -> None:
+    """`plan --plot DIR` writes the two charts as PNG files."""
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(cli, ["plan", "--tile-count", "1593480", "--plot", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    for name in ("plan-ms-per-pixel.png", "plan-cost.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_write_profile_merges_timings(tmp_path: Path) -> None:
+    """Calibrating again into the same file replaces that model/precision's timing and keeps the rest."""
+    from tessera_pipeline.plan.calibrate import write_profile
+
+    out = tmp_path / "p.yaml"
+    other = _profile("other", 5, 1.0)
+    write_profile(other, out)
+    first = _profile("here", 10, 0.0)
+    write_profile(first, out)
+    v10 = first.model_copy(update={"timings": [Timing(model="v1.0", precision="fp32", seconds=7, pixels=100)]})
+    write_profile(v10, out)
+    newer = _profile("here", 8, 0.0)
+    write_profile(newer, out)
+    profiles = {p.name: p for p in load_profiles(out)}
+    assert set(profiles) == {"other", "here"}
+    assert {(t.model, t.precision, t.seconds) for t in profiles["here"].timings} == {("v1.0", "fp32", 7), ("v1.1", "bf16", 8)}
+
+
+def _small_model(version: str = "v1.1", seed: int = 0) -> LoadedModel:
+    """A one-layer v1.1-shaped model with random weights: the calibration wiring at a fraction of the time."""
+    torch.manual_seed(seed)
+    cfg = v1_1_config(latent_dim=128, n_layers=1, d_ff=512)
+    return LoadedModel(model=build_model(cfg).requires_grad_(False), config=cfg, checkpoint_sha256="random-weights",
+                       source="small random v1.1")
+
+
+def test_calibrated_profile_feeds_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench --calibrate --out` writes a profile of this machine that `plan --profiles` prices and times.
+
+    The model is a one-layer v1.1 shape so the test stays fast; the command path, timings, start-up,
+    store commit and the file format are the real ones.
+    """
+    monkeypatch.setattr(encoder_bench, "random_model", _small_model)
+    out = tmp_path / "here.yaml"
+    result = CliRunner().invoke(cli, ["bench", "--calibrate", "--size", "8x8", "--out", str(out), "--name", "here",
+                                      "--price", "0.5"])
+    assert result.exit_code == 0, result.output
+    (profile,) = load_profiles(out)
+    assert profile.name == "here" and profile.usd_per_hour == 0.5 and profile.startup_s > 0
+    (timing,) = profile.timings
+    assert timing.model == "v1.1" and timing.pixels == 64 and timing.seconds > 0
+    rows = _plan_json("--tile-count", "4", "--pixels-per-tile", "64", "--profiles", str(out), "--no-builtin",
+                      "--machines", "here=1")
+    total = next(r for r in rows if r["kind"] == "fleet-total")
+    expected = profile.startup_s + 4 * (timing.tile_seconds(64) + profile.tile_overhead_s)
+    assert total["wall_s"] == pytest.approx(expected)
+    assert np.isfinite(total["usd_total"])
