@@ -101,7 +101,7 @@ def _precision_overrides(config_file: Path | None) -> dict[str, str]:
         return {}
     from pydantic import ValidationError
 
-    from tessera_pipeline.run.config import NodeTypePolicy, read_config_file
+    from tessera_pipeline.run.config import NodeTypePolicy, format_validation_error, read_config_file
 
     raw = read_config_file(config_file).get("node_types") or {}
     out: dict[str, str] = {}
@@ -109,9 +109,7 @@ def _precision_overrides(config_file: Path | None) -> dict[str, str]:
         try:
             policy = NodeTypePolicy.model_validate(values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{config_file}: node_types.{hw_class}.{key}: {first['msg']}") from exc
+            raise ConfigError(format_validation_error(exc, str(config_file), prefix=f"node_types.{hw_class}")) from exc
         if policy.precision:
             out[str(hw_class)] = policy.precision
     return out

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tessera_pipeline.errors import ArgumentError, ConfigError
+from tessera_pipeline.run.config import format_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,7 @@ def _parse(text: str, where: str) -> list[Profile]:
     try:
         parsed = ProfileFile.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {key}: {first['msg']}") from exc
+        raise ConfigError(format_validation_error(exc, where)) from exc
     names = [p.name for p in parsed.profiles]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

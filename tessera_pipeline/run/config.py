@@ -98,10 +98,10 @@ def _location(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line naming the first offending key and why."""
+def format_validation_error(exc: ValidationError, source: str, *, prefix: str = "") -> str:
+    """One line naming the first offending key (under `prefix`, for a nested part validated alone) and why."""
     first = exc.errors()[0]
-    key = _location(first)
+    key = f"{prefix}.{_location(first)}" if prefix else _location(first)
     if first.get("type") == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
