@@ -45,3 +45,10 @@ class HangOnce(_OnceProcessor):
         if self._fire(fetched[0].name):
             time.sleep(3600)
         return super().encode(fetched)
+
+
+class NeverStarts(EncodeProcessor):
+    """A worker whose set-up always fails, as on a node whose driver or install is broken."""
+
+    def __init__(self, spec: WorkerSpec, checkpoint_blob: bytes, **_: Any) -> None:
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tessera_pipeline.run.driver import RunProgress
-from tessera_pipeline.run.launch import start
+from tessera_pipeline.run.launch import checkpoint_holder_name, start
 from tessera_pipeline.run.policy import builtin_policy
 from tessera_pipeline.store import TileStore
 from run_support import YEAR, assert_complete_once, config, make_inputs, small_checkpoint, tileset, with_tests_on_path
@@ -75,8 +75,13 @@ def test_a_node_removed_mid_run_loses_no_tile(cluster: Any, inputs: Path) -> Non
     extra = cluster.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:A10G": 1})
     cluster.wait_for_nodes()
     removed: list[int] = []
+    holder_nodes: set[str] = set()
 
     def remove_when_busy(p: RunProgress) -> None:
+        import ray
+
+        if not holder_nodes:
+            holder_nodes.add(ray.get(ray.get_actor(checkpoint_holder_name(p.run_id)).node_id.remote()))
         if not removed and p.by_class.get("cuda-A10G", {}).get("inflight", 0) >= 1:
             removed.append(p.complete)
             cluster.remove_node(extra, allow_graceful=False)
@@ -85,6 +90,7 @@ def test_a_node_removed_mid_run_loses_no_tile(cluster: Any, inputs: Path) -> Non
     report = start(_config(inputs, "node-loss.zarr", refresh_s=0.5, node_types=node_types), tileset(NINE),
                    on_progress=remove_when_busy, processor_options={"delay_s": 1.0})
     assert removed, "the node was never removed"
+    assert holder_nodes == {cluster.head_node.node_id}, "the checkpoint's one copy must live on the driver's node"
     assert report.outcome is not None and report.outcome.progress.complete == 9
     assert report.outcome.progress.failed == 0
     assert report.outcome.progress.retries_by_reason.get("actor-lost", 0) >= 1, report.outcome.progress
@@ -105,7 +111,9 @@ def test_the_cli_joins_a_running_cluster_with_address(cluster: Any, inputs: Path
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"run did not finish: {(exc.stderr or b'').decode()[-3000:]}") from exc
+        err = (exc.stderr or b"").decode()
+        ours = [ln for ln in err.splitlines() if "tessera_pipeline" in ln and ("WARNING" in ln or "ERROR" in ln)]
+        raise AssertionError("run did not finish:\n" + "\n".join(ours[-20:] or [err[-3000:]])) from exc
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["progress"]["complete"] == 2

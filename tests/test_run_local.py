@@ -127,3 +127,11 @@ def test_a_hung_tile_is_killed_at_the_time_limit_and_retried(local_ray: None, wo
     assert report.outcome.progress.retries_by_reason.get("timeout", 0) == 1
     assert_complete_once(str(work / "store.zarr"))
     shutil.rmtree(work / "store.zarr")
+
+
+def test_workers_that_cannot_start_end_the_run_with_their_cause(local_ray: None, work: Path) -> None:
+    from tessera_pipeline.errors import RunError
+
+    with pytest.raises(RunError, match="no worker could start.*CUDA driver version is insufficient"):
+        start(config(work), tileset(), processor="run_faults:NeverStarts")
+    assert TileStore(str(work / "store.zarr")).list_complete(YEAR) == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -26,6 +26,7 @@ from tessera_pipeline.encode import prepare
 from tessera_pipeline.encode.fixed_engine import FixedShapeEngine
 from tessera_pipeline.encode.normalisation import V1_0, V1_1, DataSource, NormStats
 from tessera_pipeline.encode.quantise import quantise
+from tessera_pipeline.encode.result import EncodedTile, EncodeStats
 from tessera_pipeline.errors import EncodeError
 from tessera_pipeline.hardware import Precision, keep_freed_memory
 from tessera_pipeline.inputs.tile import DPixelTile
@@ -67,32 +68,6 @@ class EncodeSettings:
     device: str = "cpu"
     kernels: Kernels = "packed"
     cuda_graphs: bool = False
-
-
-@dataclass
-class EncodeStats:
-    """What one encode did: pixels by kind, FLOPs actually computed, wall time by phase."""
-
-    pixels: int = 0
-    skipped_pixels: int = 0
-    empty_s2: int = 0
-    empty_s1: int = 0
-    flops: float = 0.0
-    prepare_s: float = 0.0
-    model_s: float = 0.0
-    total_s: float = 0.0
-    s2_tokens: dict[int, int] = field(default_factory=dict)
-    s1_tokens: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EncodedTile:
-    """An encoded tile in upstream's output format, plus run statistics."""
-
-    name: str
-    embeddings: np.ndarray  # int8 (H, W, 128)
-    scales: np.ndarray  # float32 (H, W)
-    stats: EncodeStats
 
 
 def pack_slices(sorted_lengths: np.ndarray, token_budget: int) -> list[slice]:

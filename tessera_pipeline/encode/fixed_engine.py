@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,14 +35,12 @@ import torch
 from tessera_pipeline.encode import device_prep, prepare
 from tessera_pipeline.encode.normalisation import NormStats
 from tessera_pipeline.encode.quantise import quantise
+from tessera_pipeline.encode.result import EncodeStats
 from tessera_pipeline.errors import EncodeError
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.checkpoint import LoadedModel
 from tessera_pipeline.model.fixed import FixedBackbone, FixedReducer, GraphedBackbone
 from tessera_pipeline.model.flops import backbone_flops, reducer_flops
-
-if TYPE_CHECKING:
-    from tessera_pipeline.encode.encoder import EncodeStats
 
 log = logging.getLogger(__name__)
 

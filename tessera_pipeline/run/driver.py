@@ -148,6 +148,15 @@ class Metrics:
             self.pending.set(n, {"run_id": self.run_id})
 
 
+def _death_cause(exc: BaseException) -> str:
+    """One line for a dead actor: Ray's headline plus, for a failed constructor, the exception it raised."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    raised = [ln for ln in lines[1:] if not ln.startswith(("File ", "^", "~", "Traceback", "[")) and ":" in ln]
+    return lines[0] if not raised else f"{lines[0]} -- {raised[-1]}"
+
+
 @dataclass
 class _Inflight:
     slot: ActorSlot
@@ -200,6 +209,7 @@ class Driver:
         self.metrics = Metrics(run_id)
         self.progress = RunProgress(run_id, len(todo), already_complete, pixels_total=todo.total_pixels)
         self._t0 = 0.0
+        self.last_death = ""
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -327,7 +337,8 @@ class Driver:
                 slot.head_since = time.monotonic()
                 log.info("actor %s ready (%s)", slot.key, info.get("worker_id"))
             except Exception as exc:  # died for good (restarts exhausted, node gone, init failed)
-                log.warning("actor %s is dead: %s", slot.key, str(exc).splitlines()[0] if str(exc) else exc)
+                self.last_death = _death_cause(exc)
+                log.warning("actor %s is dead: %s", slot.key, self.last_death)
                 self.fleet.kill(slot, restart=False)
                 if "CheckpointError" in str(exc):
                     raise RunError(f"workers cannot load the checkpoint: {str(exc).splitlines()[0]}") from exc
@@ -403,6 +414,8 @@ class Driver:
                         self._collect(ref, now)
                 self._check_timeouts(time.monotonic())
             else:
+                if self.fleet.gave_up_everywhere():
+                    raise RunError(f"no worker could start on any node; the last one died with: {self.last_death}")
                 if not any(s.state in ("ready", "starting", "recovering") for s in self.fleet.live()) \
                         and now - idle_since > NO_WORKERS_TIMEOUT_S:
                     raise RunError(f"no actor could be placed for {NO_WORKERS_TIMEOUT_S:.0f} s: "
@@ -418,5 +431,4 @@ class Driver:
                 break
         self.progress.finished = not (self.queue or self.retry_heap or self.inflight)
         self._publish(time.monotonic(), store=True)
-        self.fleet.release()
         return RunOutcome(self.progress, dict(self.intervals))

@@ -131,6 +131,7 @@ class Fleet:
         self._node_plans: dict[str, NodePlan] = {}
         self._replacements: dict[str, int] = {}
         self._dead_nodes: set[str] = set()
+        self._given_up: set[str] = set()
         self._last_refresh = 0.0
         self._counter = 0
 
@@ -201,6 +202,7 @@ class Fleet:
                     started.append(self._start(plan, spec))
                 elif self._replacements[node_id] == MAX_REPLACEMENTS_PER_NODE:
                     self._replacements[node_id] += 1
+                    self._given_up.add(node_id)
                     log.error("node %s: %d actors died for good there; giving up on this node",
                               node_id[:8], MAX_REPLACEMENTS_PER_NODE)
         return started
@@ -252,6 +254,11 @@ class Fleet:
     def live(self) -> list[ActorSlot]:
         """Slots that are not dead."""
         return [s for s in self.slots.values() if s.state != "dead"]
+
+    def gave_up_everywhere(self) -> bool:
+        """True when no actor is left and every node planned with actors was given up (actors kept dying there)."""
+        with_actors = {n for n, plan in self._node_plans.items() if plan.specs and n not in self._dead_nodes}
+        return bool(with_actors) and with_actors <= self._given_up and not self.live()
 
     def node_is_dead(self, node_id: str) -> bool:
         """True once a node was seen gone."""

@@ -120,6 +120,25 @@ def connect(address: str | None, local_cpus: int | None) -> bool:
     return True
 
 
+def checkpoint_holder_name(run_id: str) -> str:
+    """The Ray actor name of this driver's checkpoint holder for a run."""
+    return f"tessera-checkpoint-{run_id}-{os.getpid()}"
+
+
+def _start_checkpoint_holder(name: str, blob: bytes) -> Any:
+    """The run's one copy of the checkpoint, on the driver's own node: a worker node (a spot VM) may vanish
+    mid-run, and every actor started or restarted after that would fail to load; the driver's node cannot
+    vanish without ending the run anyway. Restarted in place if its process dies."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(CheckpointHolder).options(
+        num_cpus=0, name=name, max_restarts=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+    ).remote(blob)
+
+
 def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSplit, runlog: RunLog,
            known_failures: set[tuple[int, str]], on_progress: Callable[[RunProgress], None] | None,
            processor: str, processor_options: dict[str, Any], stop_after: int | None) -> RunOutcome:
@@ -130,8 +149,8 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
     started = connect(config.address, config.local_cpus)
     try:
         blob = fetch_checkpoint(config.checkpoint).read_bytes() if processor != "noop" else b""
-        holder_name = f"tessera-checkpoint-{run_id}-{os.getpid()}"
-        holder = ray.remote(CheckpointHolder).options(num_cpus=0, name=holder_name).remote(blob)
+        holder_name = checkpoint_holder_name(run_id)
+        holder = _start_checkpoint_holder(holder_name, blob)
         base = WorkerSpec(
             hw_class="", node_id="", precision="fp32", batch_size=1, device="cpu", cores=(), threads=1,
             store_url=config.store, input_root=config.input, checkpoint_source=ckpt.source,
@@ -149,9 +168,11 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
             retry_backoff_s=config.retry_backoff_s, tile_timeout_s=config.tile_timeout_s,
             progress_every_s=config.progress_every_s, on_progress=on_progress, stop_after=stop_after,
         )
-        outcome = driver.run()
-        ray.kill(holder)
-        return outcome
+        try:
+            return driver.run()
+        finally:
+            fleet.release()
+            ray.kill(holder)
     finally:
         if started:
             ray.shutdown()

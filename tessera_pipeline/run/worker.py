@@ -236,6 +236,12 @@ class CheckpointHolder:
         """The checkpoint file's bytes."""
         return self.blob
 
+    def node_id(self) -> str:
+        """The node this copy lives on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
 
 class TileWorker:
     """The actor body. `fleet` creates it as a threaded Ray actor on one node, for one hardware class.
