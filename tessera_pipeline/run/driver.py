@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tessera_pipeline.errors import RunError
+from tessera_pipeline.run.config import RunConfig
 from tessera_pipeline.run.failures import FailureInfo, classify
 from tessera_pipeline.run.fleet import ActorSlot, Fleet
 from tessera_pipeline.run.worker import TileRequest, TileResult
@@ -176,11 +177,7 @@ class Driver:
         fleet: Fleet,
         runlog: RunLog,
         known_failures: set[tuple[int, str]],
-        window: int,
-        max_attempts: int,
-        retry_backoff_s: float,
-        tile_timeout_s: float,
-        progress_every_s: float,
+        config: RunConfig,
         on_progress: Callable[[RunProgress], None] | None = None,
         stop_after: int | None = None,
     ) -> None:
@@ -189,11 +186,7 @@ class Driver:
         self.fleet = fleet
         self.runlog = runlog
         self.known_failures = known_failures
-        self.window = window
-        self.max_attempts = max_attempts
-        self.retry_backoff_s = retry_backoff_s
-        self.tile_timeout_s = tile_timeout_s
-        self.progress_every_s = progress_every_s
+        self.config = config
         self.on_progress = on_progress
         self.stop_after = stop_after
         self.queue: deque[int] = deque(range(len(todo)))
@@ -243,7 +236,7 @@ class Driver:
         for slot in self.fleet.live():
             if slot.state != "ready":
                 continue
-            while len(slot.inflight) < self.window:
+            while len(slot.inflight) < self.config.window:
                 index = self._next_index(slot, now)
                 if index is None:
                     return
@@ -271,14 +264,14 @@ class Driver:
         year, tile = int(self.todo.years[index]), self.todo.tiles[index]
         self.attempts[index] += 1
         attempts = int(self.attempts[index])
-        if info.kind == "transient" and attempts < self.max_attempts:
+        if info.kind == "transient" and attempts < self.config.max_attempts:
             self.retries_by_reason[info.reason] += 1
             self.metrics.failure(info.reason, final=False)
             if info.reason == "timeout":
                 self.avoid[index].add(slot.key)
-            delay = min(MAX_BACKOFF_S, self.retry_backoff_s * 2 ** (attempts - 1)) * (0.5 + random.random())
+            delay = min(MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (attempts - 1)) * (0.5 + random.random())
             log.info("tile %s/%s: %s (attempt %d of %d), retrying in %.1f s: %s", year, tile, info.reason,
-                     attempts, self.max_attempts, delay, info.message)
+                     attempts, self.config.max_attempts, delay, info.message)
             heapq.heappush(self.retry_heap, (now + delay, index))
             return
         reason = info.reason
@@ -307,7 +300,7 @@ class Driver:
         except Exception as exc:  # Ray system failures: the actor or its node died, or we killed it
             info = classify(exc)
             if ref in self.timed_out:
-                info = FailureInfo("transient", "timeout", f"no result after {self.tile_timeout_s:.0f} s; actor killed")
+                info = FailureInfo("transient", "timeout", f"no result after {self.config.tile_timeout_s:.0f} s; actor killed")
                 self.timed_out.discard(ref)
             if slot.state == "ready":
                 slot.state = "recovering"
@@ -341,14 +334,14 @@ class Driver:
                 log.warning("actor %s is dead: %s", slot.key, self.last_death)
                 self.fleet.kill(slot, restart=False)
                 if "CheckpointError" in str(exc):
-                    raise RunError(f"workers cannot load the checkpoint: {str(exc).splitlines()[0]}") from exc
+                    raise RunError(f"workers cannot load the checkpoint: {self.last_death}") from exc
 
     def _check_timeouts(self, now: float) -> None:
         for slot in self.fleet.live():
-            if slot.state == "ready" and slot.inflight and now - slot.head_since > self.tile_timeout_s:
+            if slot.state == "ready" and slot.inflight and now - slot.head_since > self.config.tile_timeout_s:
                 head = slot.inflight[0]
                 tile = self.todo.tiles[self.inflight[head].index]
-                log.warning("tile %s on %s exceeded %.0f s: killing the actor", tile, slot.key, self.tile_timeout_s)
+                log.warning("tile %s on %s exceeded %.0f s: killing the actor", tile, slot.key, self.config.tile_timeout_s)
                 self.timed_out.add(head)
                 self.fleet.kill(slot, restart=True)
 
@@ -422,7 +415,7 @@ class Driver:
                                    "is any node of a usable class in the cluster?")
                 time.sleep(0.05)
             if now - last_ui >= 0.5:
-                store_due = now - last_store >= self.progress_every_s
+                store_due = now - last_store >= self.config.progress_every_s
                 self._publish(now, store=store_due)
                 last_ui = now
                 if store_due:

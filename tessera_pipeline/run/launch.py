@@ -164,9 +164,7 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
         fleet = Fleet(config, base, holder_name, memory)
         driver = Driver(
             run_id=run_id, todo=split.todo, already_complete=split.complete, fleet=fleet, runlog=runlog,
-            known_failures=known_failures, window=config.window, max_attempts=config.max_attempts,
-            retry_backoff_s=config.retry_backoff_s, tile_timeout_s=config.tile_timeout_s,
-            progress_every_s=config.progress_every_s, on_progress=on_progress, stop_after=stop_after,
+            known_failures=known_failures, config=config, on_progress=on_progress, stop_after=stop_after,
         )
         try:
             return driver.run()
