@@ -121,6 +121,27 @@ class StoreConflictError(StoreError):
     """A store's root describes a different model or format than the one being written."""
 
 
+class CommitConflictError(StoreConflictError):
+    """Another writer committed the tile first: this write's version was discarded, its marker not written.
+
+    `current_version` and `current_checkpoint_sha256` describe the winning commit (None when its
+    marker could not be read), so a caller can tell "the same checkpoint already wrote this tile"
+    from a real conflict. Both survive pickling (Ray carries worker errors to the driver).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tile: str | None = None,
+        current_version: str | None = None,
+        current_checkpoint_sha256: str | None = None,
+    ) -> None:
+        self.current_version = current_version
+        self.current_checkpoint_sha256 = current_checkpoint_sha256
+        super().__init__(message, tile=tile)
+
+
 class StoreIntegrityError(StoreError):
     """A committed tile's data does not match its commit marker (checksum, shape or dtype)."""
 

@@ -28,27 +28,50 @@ BBox = tuple[float, float, float, float]
 MAX_BBOX_WIDTH = 180.0
 
 
+def _num(value: float) -> str:
+    """A number as the user would type it (no trailing .0), with every digit needed to read it back exactly."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 def _fmt(values: tuple[float, ...]) -> str:
-    """Numbers as the user would type them in --bbox (no trailing .0)."""
-    return ",".join(f"{v:g}" for v in values)
-
-
-def _valid_lonlat(west: float, south: float, east: float, north: float) -> bool:
-    """True when the four numbers are a plausible W,S,E,N box (ranges and S <= N)."""
-    return -180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90
-
-
-def _swap_hint(west: float, south: float, east: float, north: float) -> str:
-    """A hint naming the box with longitudes and latitudes exchanged, when that box is valid."""
-    if _valid_lonlat(south, west, north, east):
-        return f"; did you swap longitude and latitude? --bbox is W,S,E,N (lon,lat,lon,lat): {_fmt((south, west, north, east))}"
-    return ""
+    """A box as the user would type it in --bbox: parsing the text gives back exactly these numbers."""
+    return ",".join(_num(v) for v in values)
 
 
 def bbox_width(bbox: BBox) -> float:
     """Longitude span of a box in degrees; W > E wraps across the antimeridian."""
     west, _south, east, _north = bbox
     return east - west if west <= east else east + 360.0 - west
+
+
+def _refusal(bbox: BBox, *, allow_wide: bool = False) -> str | None:
+    """Why `parse_bbox` refuses a box of four finite numbers (without hints), or None when it accepts it."""
+    west, south, east, north = bbox
+    if not (-180 <= west <= 180 and -180 <= east <= 180):
+        return "longitudes must be within [-180, 180]"
+    if not (-90 <= south <= 90 and -90 <= north <= 90):
+        return "latitudes must be within [-90, 90]"
+    if south > north:
+        return f"south {_num(south)} is north of north {_num(north)}"
+    if bbox_width(bbox) > MAX_BBOX_WIDTH and not allow_wide:
+        return f"the box is {bbox_width(bbox):g} degrees wide"
+    return None
+
+
+def _accepted(bbox: BBox) -> bool:
+    """True when `parse_bbox` accepts the box as typed (without --allow-wide-bbox)."""
+    return _refusal(bbox) is None
+
+
+def _hint(west: float, south: float, east: float, north: float) -> str:
+    """A hint naming the box meant by the likeliest single mistake (S/N, then lon/lat swapped) if it is accepted."""
+    if south > north and _accepted((west, north, east, south)):
+        return f"; did you mean {_fmt((west, north, east, south))} (south and north swapped)?"
+    if _accepted((south, west, north, east)):
+        return (f"; did you swap longitude and latitude? --bbox is W,S,E,N (lon,lat,lon,lat): "
+                f"{_fmt((south, west, north, east))}")
+    return ""
 
 
 def parse_bbox(text: str, *, allow_wide: bool = False) -> BBox:
@@ -62,24 +85,21 @@ def parse_bbox(text: str, *, allow_wide: bool = False) -> BBox:
         raise RegionError(f"--bbox needs four numbers W,S,E,N, got {text!r}") from exc
     if not all(np.isfinite([west, south, east, north])):
         raise RegionError(f"--bbox values must be finite, got {text!r}")
-    hint = _swap_hint(west, south, east, north)
-    if not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise RegionError(f"--bbox longitudes must be within [-180, 180], got {text!r}{hint}")
-    if not (-90 <= south <= 90 and -90 <= north <= 90):
-        raise RegionError(f"--bbox latitudes must be within [-90, 90], got {text!r}{hint}")
-    if south > north:
-        raise RegionError(f"--bbox south {south:g} is north of north {north:g}{hint}")
     bbox = (west, south, east, north)
+    why = _refusal(bbox, allow_wide=allow_wide)
+    if why is None:
+        return bbox
+    if _refusal(bbox, allow_wide=True) is not None:
+        raise RegionError(f"--bbox {why}, got {text!r}{_hint(*bbox)}")
     width = bbox_width(bbox)
-    if width > MAX_BBOX_WIDTH and not allow_wide:
-        if west > east:
-            why = (f"W {west:g} > E {east:g} means crossing the antimeridian, a box {width:g} degrees wide; "
-                   f"did you mean {_fmt((east, south, west, north))}?")
-        else:
-            why = f"the box is {width:g} degrees wide."
-        raise RegionError(f"--bbox {text}: {why} A box wider than {MAX_BBOX_WIDTH:g} degrees needs --allow-wide-bbox "
-                          "(or use --global)")
-    return bbox
+    if west > east:
+        meant = (east, south, west, north)
+        why = f"W {_num(west)} > E {_num(east)} means crossing the antimeridian, a box {width:g} degrees wide"
+        why += f"; did you mean {_fmt(meant)}?" if _accepted(meant) else "."
+    else:
+        why = f"the box is {width:g} degrees wide."
+    raise RegionError(f"--bbox {text}: {why} A box wider than {MAX_BBOX_WIDTH:g} degrees needs --allow-wide-bbox "
+                      "(or use --global)")
 
 
 def _index_range(low: float, high: float, offset: float, n: int) -> np.ndarray:
@@ -123,7 +143,7 @@ def select_bbox(bbox: BBox, mask: LandMask) -> TileSet:
     if len(tiles) == 0:
         west, south, east, north = bbox
         swapped = (south, west, north, east)
-        if _valid_lonlat(*swapped) and len(_bbox_land(swapped, mask)):
+        if _accepted(swapped) and len(_bbox_land(swapped, mask)):
             raise EmptySelectionError(
                 f"bbox {_fmt(bbox)} selects no land tile (land mask: {mask.source}); did you swap longitude and "
                 f"latitude? --bbox is W,S,E,N (lon,lat,lon,lat), and {_fmt(swapped)} selects land"

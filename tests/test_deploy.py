@@ -6,8 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -48,7 +52,7 @@ def test_azure_launcher_config_passes_rays_validation(path: Path) -> None:
     raw = yaml.safe_load(path.read_text())
     prepared = prepare_config(copy.deepcopy(raw))
     validate_config(prepared)
-    assert prepared["provider"]["type"] == "azure"
+    assert prepared["provider"] == {**raw["provider"], "type": "external", "module": AZURE_PROVIDER}
     for key in ("subscription_id", "msi", "ssh_private_key"):
         assert key not in raw["provider"] and key not in raw.get("auth", {}), f"{key} must come from identity, not the config"
 
@@ -101,6 +105,102 @@ def test_azure_auth_on_and_dashboard_private(path: Path) -> None:
     assert "0.0.0.0" not in json.dumps(config)
 
 
+AZURE_PROVIDER = "tessera_azure_provider.TesseraAzureNodeProvider"
+#: The Azure SDK modules Ray's Azure provider imports (not a dependency of this project: stand-ins replace them).
+AZURE_SDK = ("azure", "azure.common", "azure.common.credentials", "azure.core", "azure.core.exceptions",
+             "azure.identity", "azure.mgmt", "azure.mgmt.compute", "azure.mgmt.network", "azure.mgmt.resource",
+             "azure.mgmt.resource.resources", "azure.mgmt.resource.resources.models")
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000abcd"
+
+
+def _stand_in(name: str) -> types.ModuleType:
+    """An empty package whose every attribute is a mock."""
+    module = types.ModuleType(name)
+    module.__path__ = []
+    module.__getattr__ = lambda attr: mock.MagicMock(name=f"{name}.{attr}")  # type: ignore[method-assign]
+    return module
+
+
+@pytest.fixture
+def azure_provider_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """deploy/azure on sys.path, as `ray up` and the head's autoscaler run; stand-ins when the Azure SDK is missing."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(DEPLOY / "azure"))
+    try:
+        import azure.mgmt.compute  # noqa: F401
+    except ImportError:
+        for name in AZURE_SDK:
+            monkeypatch.setitem(sys.modules, name, _stand_in(name))
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith(("tessera_azure_provider", "ray.autoscaler._private._azure")):
+            del sys.modules[name]
+
+
+def _identity(resource_group: str, name: str) -> str:
+    return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{resource_group}"
+            f"/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")
+
+
+def _vm_identity(provider_config: dict[str, Any], node: dict[str, Any], kind: str) -> str:
+    """The identity Ray's ARM deployment attaches to a new VM of this node type (Azure calls faked, Ray's code real)."""
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+    from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME
+
+    cls = _get_node_provider_cls(provider_config)
+    provider = cls.__new__(cls)  # no __init__: no Azure login
+    provider.cluster_name = "tessera"
+    provider.cache_stopped_nodes = False
+    # What `ray up`'s bootstrap adds: the provider identity's id (msi_name in msi_resource_group), NSG, subnet.
+    provider.provider_config = {**provider_config, "unique_id": "0123abcd", "nsg": "nsg-id", "subnet": "subnet-id",
+                                "msi": _identity(provider_config["msi_resource_group"], provider_config["msi_name"])}
+    provider.resource_client = mock.MagicMock()
+    provider._validate_zones_for_node_pool = lambda *args: []
+    provider.create_node(node["node_config"], {TAG_RAY_NODE_KIND: kind, TAG_RAY_NODE_NAME: "n"}, 1)
+    deployment = provider.resource_client.deployments.create_or_update.call_args.kwargs["parameters"]
+    return str(deployment["properties"]["parameters"]["msi"]["value"])
+
+
+@pytest.mark.parametrize("path", AZURE_CONFIGS, ids=lambda p: p.name)
+def test_azure_workers_do_not_carry_the_autoscalers_identity(path: Path, azure_provider_path: None) -> None:
+    """Only the head VM gets the identity `ray up` makes Contributor of the resource group (create/delete VMs)."""
+    config = yaml.safe_load(path.read_text())
+    provider = config["provider"]
+    assert provider["type"] == "external" and provider["module"] == AZURE_PROVIDER
+    head = _identity(provider["msi_resource_group"], provider["msi_name"])
+    worker = _identity(provider.get("worker_msi_resource_group", provider["msi_resource_group"]),
+                       provider["worker_msi_name"])
+    assert worker != head
+    for name, node in config["available_node_types"].items():
+        kind = "head" if name == config["head_node_type"] else "worker"
+        assert _vm_identity(provider, node, kind) == (head if kind == "head" else worker), name
+    without = {k: v for k, v in provider.items() if k != "worker_msi_name"}
+    with pytest.raises(ValueError, match="worker_msi_name"):
+        _vm_identity(without, config["available_node_types"]["cpu-amx"], "worker")
+    # The autoscaler on the head loads the same class: deploy/azure is on its PYTHONPATH.
+    (head_start,) = [c for c in config["head_start_ray_commands"] if "ray start --head" in c]
+    assert "PYTHONPATH=$HOME/tessera-pipeline/deploy/azure " in head_start
+    # The one-time setup in the docs makes exactly these identities, where the config looks for them.
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    for group, name in ((provider["msi_resource_group"], provider["msi_name"]),
+                        (provider["worker_msi_resource_group"], provider["worker_msi_name"])):
+        assert f"az identity create -g {group} -n {name}\n" in ops
+
+
+def test_azure_provider_is_rays_own_but_for_the_identity(azure_provider_path: None) -> None:
+    """Bootstrap (keys, resource group, NSG, the head identity's role) and everything else stay Ray's."""
+    from ray.autoscaler._private._azure.node_provider import AzureNodeProvider
+    from tessera_azure_provider import TesseraAzureNodeProvider, identity_id
+
+    assert issubclass(TesseraAzureNodeProvider, AzureNodeProvider)
+    overridden = {k for k in vars(TesseraAzureNodeProvider) if not k.startswith("__")}
+    assert overridden == {"_create_node"}
+    assert identity_id(_identity("g", "head"), "w") == _identity("g", "w")
+    assert identity_id(_identity("g", "head"), "w", "shared") == _identity("shared", "w")
+    with pytest.raises(ValueError):
+        identity_id("/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm", "w")
+
+
 def test_azure_setup_installs_the_pinned_versions_and_reads_the_token_from_identity() -> None:
     """setup-node.sh pins the Makefile's torch and the deploy Ray version; the token comes from Key Vault via IMDS."""
     script = (DEPLOY / "azure" / "setup-node.sh").read_text()
@@ -141,7 +241,7 @@ def test_kuberay_cluster_names_images_resources_labels_and_auth() -> None:
         assert resources == {CLASS_RESOURCE_PREFIX + hw_class: 1}
         pod = group["template"]["spec"]
         (container,) = pod["containers"]
-        assert pod["serviceAccountName"] == "tessera-ray"
+        assert pod["serviceAccountName"] == "tessera-ray-worker"
         assert "env" not in container or all(e["name"] != "RAY_AUTH_TOKEN" or "valueFrom" in e for e in container["env"])
         limits = container["resources"]["limits"]
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
@@ -154,8 +254,26 @@ def test_kuberay_cluster_names_images_resources_labels_and_auth() -> None:
             assert int(limits["cpu"]) >= builtin_policy(hw_class).cores_per_actor
         classes.add(hw_class)
     assert {"cpu-amx", "cuda-T4", "cuda-L4"} <= classes
-    sa = docs["ServiceAccount"]["metadata"]["annotations"]
-    assert "eks.amazonaws.com/role-arn" in sa and "azure.workload.identity/client-id" in sa
+    for sa in (d for d in _docs(DEPLOY / "kuberay" / "raycluster.yaml") if d["kind"] == "ServiceAccount"):
+        annotations = sa["metadata"]["annotations"]
+        assert "eks.amazonaws.com/role-arn" in annotations and "azure.workload.identity/client-id" in annotations
+
+
+def test_kuberay_workers_have_their_own_service_account_without_the_autoscalers_rights() -> None:
+    """KubeRay binds the autoscaler's Role to the head pod's ServiceAccount; workers must not share it."""
+    docs = [d for path in sorted((DEPLOY / "kuberay").glob("*.yaml")) for d in _docs(path)]
+    (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+    workers = {g["template"]["spec"]["serviceAccountName"] for g in cluster["spec"]["workerGroupSpecs"]}
+    assert head == "tessera-ray-head" and workers == {"tessera-ray-worker"}
+    assert set(accounts) == {head, "tessera-ray-worker"}
+    worker = accounts["tessera-ray-worker"]
+    assert worker["automountServiceAccountToken"] is False  # no Kubernetes API token in a worker pod at all
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert all(s["name"] == head for b in bindings for s in b["subjects"] if s["kind"] == "ServiceAccount")
+    for key, value in worker["metadata"]["annotations"].items():  # its own cloud role, not the head's
+        assert value != accounts[head]["metadata"]["annotations"][key], key
 
 
 def test_kuberay_job_runs_the_pipeline_with_the_shipped_config() -> None:

@@ -408,6 +408,21 @@ def test_malformed_sizes_are_usage_errors() -> None:
         assert result.exit_code == 2 and "Traceback" not in result.output and "HxW" in result.output, result.output
 
 
+def test_usage_errors_are_one_line_naming_the_commands_help() -> None:
+    """click's own usage errors (unknown option or command, bad or missing value) read like every other error."""
+    for args, needle, command in (
+        (["tiles", "--bogus"], "No such option '--bogus'", "tessera-pipeline tiles --help"),
+        (["bench", "--size", "foo"], "size must be HxW", "tessera-pipeline bench --help"),
+        (["export", "--tile", TILE], "Missing option '--store'", "tessera-pipeline export --help"),
+        (["no-such-command"], "No such command 'no-such-command'", "tessera-pipeline --help"),
+    ):
+        result = invoke(*args)
+        assert result.stderr.splitlines() == [assert_one_line_error(result, needle, f"(see `{command}`)")]
+        assert "Usage:" not in result.output and "Try " not in result.output
+    bare = invoke()  # no command at all: the help itself, as before
+    assert bare.exit_code == 2 and "Usage:" in bare.output and "Commands:" in bare.output
+
+
 # --- 10. output that is not a terminal ---------------------------------------------------------------------------------
 
 
@@ -603,6 +618,12 @@ def bad_argument_cases(outside: Path, rng: random.Random, n: int) -> list[list[s
     return cases
 
 
+def assert_one_error_line(args: object, stderr: str) -> None:
+    """What the README promises a bad invocation: exactly one line on stderr, `error: ...`, no usage block."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
+
+
 def test_fuzz_bad_arguments_exit_2_in_one_line_and_touch_nothing(fuzz_world: tuple[Path, Path]) -> None:
     outside, work = fuzz_world
     tmp = outside.parent
@@ -614,8 +635,7 @@ def test_fuzz_bad_arguments_exit_2_in_one_line_and_touch_nothing(fuzz_world: tup
         assert result.exit_code == 2, (args, result.output, result.exception)
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
         assert "Traceback" not in result.output, (args, result.output)
-        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-        assert len(errors) <= 1, (args, result.output)
+        assert_one_error_line(args, result.stderr)
     assert snapshot(outside) == before
     assert sorted(p.name for p in tmp.iterdir()) == ["outside", "work"]
     assert list(work.iterdir()) == [], [p.name for p in work.iterdir()]
@@ -629,9 +649,9 @@ def test_fuzz_bad_arguments_exit_2_in_one_line_and_touch_nothing(fuzz_world: tup
                       "--geotiff", "s3://b/x.tif"])
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in err, (proc.args, err)
-        assert len([line for line in err.splitlines() if line.lower().startswith("error")]) == 1, (proc.args, err)
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (proc.args, err)
+        assert_one_error_line(proc.args, err)
     assert snapshot(outside) == before and list(work.iterdir()) == []
 
 

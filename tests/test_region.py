@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,16 @@ from tessera_pipeline.cli.main import cli
 from tessera_pipeline.cli.options import RegionRequest, region_tile_names, select_tiles
 from tessera_pipeline.errors import EmptySelectionError, RegionError, RegionFileError
 from tessera_pipeline.grid import tile_geometry
-from tessera_pipeline.landmask import all_cells_mask, globe_landmask
+from tessera_pipeline.landmask import LandMask, all_cells_mask, globe_landmask
 from tessera_pipeline.region import parse_bbox, select_bbox, select_geojson, select_tile_file
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    HAVE_HYPOTHESIS = True
+except ImportError:
+    HAVE_HYPOTHESIS = False
 
 EVERYWHERE = all_cells_mask()
 
@@ -168,3 +177,105 @@ def test_cli_empty_selection_exits_2_with_one_line() -> None:
     result = CliRunner().invoke(cli, ["tiles", "--bbox", "-150,-21,-149.5,-20.5"])
     assert result.exit_code == 2
     assert "no land tile" in result.output
+
+
+# --- hints: every box the region module suggests is one parse_bbox accepts ---------------------------------------------
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_BOX_RE = re.compile(rf"(?<![\w.,+-])({_NUM}(?:,{_NUM}){{3}})(?![\w.,])")
+#: Values users type: plain and awkward numbers, range edges, just outside them.
+_EDGES = [0.0, -0.0, 1.0, -1.0, 45.5, 53.2, -2.5, 89.9, 90.0, -90.0, 90.5, 120.0, 179.99, 180.0, -180.0, 180.5, 1e-7,
+          0.1 + 0.2, 12.3456789, -89.99999999]
+
+
+def assert_hints_are_valid(text: str, message: str) -> list[tuple[float, ...]]:
+    """Each box `message` names besides the typed `text` parses, differs from it and rearranges its four numbers."""
+    typed = sorted(float(p) for p in text.split(","))
+    boxes = []
+    for hint in _BOX_RE.findall(message.replace(text, "")):
+        box = parse_bbox(hint)  # raises RegionError when the hint is itself refused
+        assert sorted(box) == typed and list(box) != [float(p) for p in text.split(",")], (text, message)
+        boxes.append(box)
+    return boxes
+
+
+def random_box_texts(rng: np.random.Generator, n: int) -> list[str]:
+    """`n` W,S,E,N texts: random numbers, edge values, and good boxes with one mistake (S/N, W/E, lon/lat)."""
+    def number() -> float:
+        pick = rng.integers(4)
+        if pick == 0:
+            return float(rng.choice(_EDGES)) * float(rng.choice([1, -1]))
+        if pick == 1:
+            return float(rng.integers(-200, 201))
+        return float(rng.uniform(-200, 200) if pick == 2 else rng.uniform(-95, 95))
+
+    texts = []
+    for i in range(n):
+        w, s, e, n_ = (number() for _ in range(4))
+        if i % 2:
+            w, e = sorted(rng.uniform(-180, 180, 2))
+            s, n_ = sorted(rng.uniform(-90, 90, 2))
+            w, s, e, n_ = [(w, n_, e, s), (e, s, w, n_), (s, w, n_, e), (w, s, e, n_)][i // 2 % 4]
+        texts.append(",".join(repr(float(v)) for v in (w, s, e, n_)))
+    return texts
+
+
+def test_every_bbox_hint_is_a_box_parse_bbox_accepts() -> None:
+    """Thousands of typed boxes, good, bad and mistaken: whatever box an error suggests, --bbox accepts."""
+    rng = np.random.default_rng(8)
+    hinted = 0
+    for text in random_box_texts(rng, 4000):
+        try:
+            parse_bbox(text)
+        except RegionError as exc:
+            hinted += len(assert_hints_are_valid(text, str(exc)))
+    assert hinted > 500  # the property was exercised, not vacuously true
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("0,10,1,5", "0,5,1,10"),  # south and north swapped
+    ("-1.6,53.3,-1.5,53.2", "-1.6,53.2,-1.5,53.3"),
+    ("-1,53,-2.5,54", "-2.5,53,-1,54"),  # west and east swapped: would wrap round the globe
+    ("53,120,54,121", "120,53,121,54"),  # latitude first
+    ("-1.123456789,53,-2.5,54", "-2.5,53,-1.123456789,54"),  # every digit survives in the hint
+])
+def test_a_likely_mistake_gets_the_box_meant(typed: str, meant: str) -> None:
+    """One swap (S/N, W/E, lon/lat) is answered with exactly the box meant, to the last digit."""
+    with pytest.raises(RegionError) as info:
+        parse_bbox(typed)
+    assert assert_hints_are_valid(typed, str(info.value)) == [parse_bbox(meant)]
+
+
+def test_empty_selection_hints_are_valid_boxes() -> None:
+    """A box that selects no land but whose lon/lat swap does: the suggested box parses and selects land."""
+    rng = np.random.default_rng(3)
+    grid = np.zeros((1800, 3600), dtype=bool)
+    grid[rng.integers(0, 1800, 20_000), rng.integers(0, 3600, 20_000)] = True
+    sparse = LandMask(grid=grid, source="sparse test mask")
+    hinted = 0
+    for _ in range(600):
+        w, s = (float(v) for v in rng.uniform(-90, 88, 2))
+        e, n = w + float(rng.uniform(0, 1.5)), s + float(rng.uniform(0, 1.5))
+        box = parse_bbox(f"{w!r},{s!r},{e!r},{n!r}")
+        try:
+            select_bbox(box, sparse)
+        except EmptySelectionError as exc:
+            text = ",".join(repr(v) for v in box)
+            found = assert_hints_are_valid(text, str(exc).split("selects no land tile", 1)[1])
+            assert all(len(select_bbox(b, sparse)) for b in found)
+            hinted += len(found)
+    assert hinted > 20
+
+
+if HAVE_HYPOTHESIS:
+    coordinate = st.floats(min_value=-400, max_value=400, allow_nan=False) | st.sampled_from(_EDGES)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.tuples(coordinate, coordinate, coordinate, coordinate))
+    def test_every_bbox_hint_parses_hypothesis(box: tuple[float, float, float, float]) -> None:
+        """The same property over boxes hypothesis searches for."""
+        text = ",".join(repr(v) for v in box)
+        try:
+            parse_bbox(text)
+        except RegionError as exc:
+            assert_hints_are_valid(text, str(exc))

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tessera_pipeline.run.driver import RunProgress
-from tessera_pipeline.run.launch import checkpoint_holder_name, start
+from tessera_pipeline.run.progress import RunProgress
+from tessera_pipeline.run.session import start
 from tessera_pipeline.run.policy import builtin_policy
 from tessera_pipeline.store import TileStore
 from run_support import YEAR, assert_complete_once, config, make_inputs, small_checkpoint, tileset, with_tests_on_path
@@ -75,13 +75,8 @@ def test_a_node_removed_mid_run_loses_no_tile(cluster: Any, inputs: Path) -> Non
     extra = cluster.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:A10G": 1})
     cluster.wait_for_nodes()
     removed: list[int] = []
-    holder_nodes: set[str] = set()
 
     def remove_when_busy(p: RunProgress) -> None:
-        import ray
-
-        if not holder_nodes:
-            holder_nodes.add(ray.get(ray.get_actor(checkpoint_holder_name(p.run_id)).node_id.remote()))
         if not removed and p.by_class.get("cuda-A10G", {}).get("inflight", 0) >= 1:
             removed.append(p.complete)
             cluster.remove_node(extra, allow_graceful=False)
@@ -90,7 +85,6 @@ def test_a_node_removed_mid_run_loses_no_tile(cluster: Any, inputs: Path) -> Non
     report = start(_config(inputs, "node-loss.zarr", refresh_s=0.5, node_types=node_types), tileset(NINE),
                    on_progress=remove_when_busy, processor_options={"delay_s": 1.0})
     assert removed, "the node was never removed"
-    assert holder_nodes == {cluster.head_node.node_id}, "the checkpoint's one copy must live on the driver's node"
     assert report.outcome is not None and report.outcome.progress.complete == 9
     assert report.outcome.progress.failed == 0
     assert report.outcome.progress.retries_by_reason.get("actor-lost", 0) >= 1, report.outcome.progress
@@ -117,6 +111,51 @@ def test_the_cli_joins_a_running_cluster_with_address(cluster: Any, inputs: Path
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)
     assert doc["progress"]["complete"] == 2
-    classes = set(doc["progress"]["by_class"])
-    assert {"cuda-T4", "cuda-L4"} <= classes or any(c.startswith("cpu-") for c in classes)
+    # Only the joined cluster has these nodes: a fresh local Ray (--address ignored) has one CPU node.
+    store_ = TileStore(str(store))
+    nodes = {store_.marker(YEAR, t)["provenance"]["node_id"] for t in ["grid_-1.55_53.25", "grid_-1.45_53.25"]}
+    cluster_nodes = {n.node_id for n in cluster.list_all_nodes()}
+    assert nodes <= cluster_nodes, (nodes, cluster_nodes)
+    assert set(doc["progress"]["by_class"]) & {"cuda-T4", "cuda-L4"}, doc["progress"]["by_class"]
     assert_complete_once(str(store), ["grid_-1.55_53.25", "grid_-1.45_53.25"])
+
+
+def test_a_declared_cpu_node_uses_every_core_and_the_checkpoint_crosses_once(cluster: Any, inputs: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    amx = cluster.add_node(num_cpus=2, resources={"tessera_class:cpu-amx": 1})
+    cluster.wait_for_nodes()
+    killed: list[int] = []
+
+    def kill_a_worker_once(p: RunProgress) -> None:
+        if not killed and p.complete >= 2:
+            found = subprocess.run(["pgrep", "-f", "ray::TileWorker"], capture_output=True, text=True).stdout.split()
+            if found:
+                os.kill(int(found[0]), signal.SIGKILL)
+                killed.append(int(found[0]))
+
+    node_types = {"cuda-T4": {"enabled": False}, "cuda-L4": {"enabled": False}}
+    import ray
+
+    try:
+        report = start(_config(inputs, "declared.zarr", node_types=node_types, refresh_s=0.5), tileset(NINE),
+                       processor_options={"delay_s": 0.5}, on_progress=kill_a_worker_once)
+        cpus = {n["NodeID"]: int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")}
+    finally:
+        cluster.remove_node(amx)
+    assert report.outcome is not None and report.outcome.progress.complete == 9
+    store = TileStore(str(inputs / "declared.zarr"))
+    on_amx = 0
+    for tile in NINE:
+        prov = store.marker(YEAR, tile)["provenance"]
+        assert prov["threads"] == cpus.get(prov["node_id"], prov["threads"]), prov
+        if prov["node_id"] == amx.node_id:
+            on_amx += 1
+            assert prov["hardware_class"] == "cpu-amx" and prov["threads"] == 2 and prov["cores"] == [0, 1], prov
+    assert on_amx >= 1, "no tile ran on the declared AMX node"
+    progress = report.outcome.progress
+    assert killed, "no worker was killed"
+    assert progress.checkpoint_loads >= progress.actors + 1, progress.to_dict()
+    assert progress.checkpoint_transfers <= 1, "the checkpoint crossed to this machine more than once"

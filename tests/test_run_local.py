@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tessera_pipeline.cli.main import cli
-from tessera_pipeline.run.launch import start
+from tessera_pipeline.run.session import start
 from tessera_pipeline.store import TileStore
 from run_support import TILES, YEAR, assert_complete_once, config, make_inputs, small_checkpoint, tileset, with_tests_on_path
 

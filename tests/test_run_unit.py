@@ -23,13 +23,13 @@ from tessera_pipeline.errors import (
 )
 from tessera_pipeline.run.config import build_config
 from tessera_pipeline.run.failures import classify
-from tessera_pipeline.run.fleet import actor_memory, plan_node
+from tessera_pipeline.run.pool import actor_memory, plan_node
 from tessera_pipeline.run.policy import builtin_policy, class_policy, declared_class
-from tessera_pipeline.run.worker import WorkerSpec
+from tessera_pipeline.run.messages import WorkerSpec
 from tessera_pipeline.run.workplan import plan_tiles, split_plan
 from tessera_pipeline.store.backend import LocalBackend
-from tessera_pipeline.store.runlog import RunLog, decode_plan, encode_plan
-from run_support import BBOX, TILES, YEAR, tileset
+from tessera_pipeline.store.runlog import FailedTile, RunLog, decode_plan, encode_plan
+from run_support import BBOX, TILES, YEAR, make_inputs, tileset
 
 BASE = dict(input="in", store="s", checkpoint="c.pt", year=2024)
 SPEC = WorkerSpec("", "", "fp32", 1, "cpu", (), 1, "s", "in", "c.pt", "0" * 64)
@@ -129,9 +129,14 @@ def test_plan_is_largest_first_and_leaves_out_complete_and_failed_tiles() -> Non
 def test_failure_records_live_in_the_store_and_clear(tmp_path: Path) -> None:
     log = RunLog(LocalBackend(tmp_path / "s.zarr"))
     log.record_failure(YEAR, TILES[0], {"reason": "bad-input:MissingFileError", "message": "x"})
-    assert log.failed_tiles(YEAR) == [(YEAR, TILES[0])]
+    log.record_failure(YEAR, TILES[1], {"reason": "io-error", "kind": "exhausted", "message": "503"})
+    assert set(log.failed_tiles(YEAR)) == {FailedTile(YEAR, TILES[0], "permanent"), FailedTile(YEAR, TILES[1], "exhausted")}
     assert log.failure(YEAR, TILES[0])["reason"] == "bad-input:MissingFileError"
+    log.record_failure(YEAR, TILES[1], {"reason": "bad-input:CorruptFileError", "message": "y"})
+    assert FailedTile(YEAR, TILES[1], "permanent") in log.failed_tiles(YEAR)
+    assert len(log.failed_tiles(YEAR)) == 2, "a tile has one record at a time"
     log.clear_failure(YEAR, TILES[0])
+    log.clear_failure(YEAR, TILES[1])
     assert log.failed_tiles() == []
 
 
@@ -143,11 +148,6 @@ def test_bad_input_and_checkpoints_are_permanent_cloud_trouble_is_transient() ->
     assert classify(StoreError("503 SlowDown")).kind == "transient"
     assert classify(ConnectionResetError("reset")).reason == "io-error"
 
-    class ActorDiedError(Exception):
-        pass
-
-    assert classify(ActorDiedError("node died")).reason == "actor-lost"
-
 
 def test_run_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
     runner = CliRunner()
@@ -157,8 +157,9 @@ def test_run_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
         (["run", "--config", str(bad), "--bbox", BBOX], "unknown key 'windo'"),
         (["run", "--store", "s", "--checkpoint", "c", "--year", "2024", "--bbox", BBOX], "missing --input"),
         (["run", "--input", "i", "--store", "s", "--checkpoint", "c", "--year", "2024"], "no region"),
-        (["status", "--store", str(tmp_path / "nothing.zarr")], "holds no run record"),
-        (["resume", "--store", str(tmp_path / "nothing.zarr")], "holds no run record"),
+        (["status", "--store", str(tmp_path / "nothing.zarr")], "nothing.zarr does not exist"),
+        (["resume", "--store", str(tmp_path / "nothing.zarr")], "nothing.zarr does not exist"),
+        (["reprocess", "--store", str(tmp_path / "nothing.zarr"), "--bbox", BBOX], "nothing.zarr does not exist"),
     ]
     for args, message in cases:
         result = runner.invoke(cli, args)
@@ -172,6 +173,7 @@ def test_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
 
     ckpt = small_checkpoint(tmp_path / "ckpt.pt")
     store = tmp_path / "store.zarr"
+    make_inputs(tmp_path / "in", TILES[:3])
     out = subprocess.run(
         [sys.executable, "-m", "tessera_pipeline.cli", "run", "--input", str(tmp_path / "in"), "--store", str(store),
          "--checkpoint", str(ckpt), "--year", "2024", "--bbox", BBOX, "--dry-run", "--json"],
@@ -181,4 +183,5 @@ def test_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
     doc = json.loads(out.stdout)
     assert doc["tiles"] == 4 and doc["todo_tiles"] == 4 and doc["pixels"] > 3_000_000
     assert {e["hw_class"] for e in doc["estimates"]} >= {"cpu-amx", "cuda-T4"}
+    assert doc["missing_inputs"] == 1, "one of the four planned tiles has no inputs"
     assert not store.exists()

@@ -138,7 +138,10 @@ def test_write_interrupted_leaves_tile_incomplete(store_url: str, stage: str) ->
     clean = TileStore(store_url)
     assert clean.is_complete(2024, TILE) and clean.verify_tile(2024, TILE).ok
     assert np.array_equal(clean.read_tile(2024, TILE).embeddings, make_tile(3)[0])
-    assert len(version_dirs(clean, 2024, TILE)) == 1  # the orphan was cleaned up
+    orphans = int(stage != "encoded")  # kept while younger than the grace period: it may be a live write
+    assert len(version_dirs(clean, 2024, TILE)) == 1 + orphans
+    assert len(TileStore(store_url, cleanup_grace_s=0).cleanup(2024, TILE)) == orphans
+    assert len(version_dirs(clean, 2024, TILE)) == 1 and clean.verify_tile(2024, TILE).ok
 
 
 def test_sigkill_mid_write_leaves_tile_incomplete(store_url: str, tmp_path: Path) -> None:
@@ -171,7 +174,9 @@ def test_sigkill_mid_write_leaves_tile_incomplete(store_url: str, tmp_path: Path
     assert not store.verify_tile(2024, TILE).ok
     write(store_url, 2024, TILE, 4)
     assert store.is_complete(2024, TILE) and store.verify_tile(2024, TILE).ok
-    assert len(version_dirs(store, 2024, TILE)) == 1
+    assert len(version_dirs(store, 2024, TILE)) == 2  # the killed writer's version, young: kept
+    assert len(TileStore(store_url, cleanup_grace_s=0).cleanup(2024, TILE)) == 1
+    assert len(version_dirs(store, 2024, TILE)) == 1 and store.verify_tile(2024, TILE).ok
 
 
 def test_reprocess_replaces_and_cleans_up(store_url: str) -> None:

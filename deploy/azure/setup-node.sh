@@ -31,13 +31,13 @@ esac
 pip install -q "ray[default]==${RAY_VERSION}" "$REPO"
 if [ "$ROLE" = head ]; then
   # The Azure SDK the autoscaler on the head uses to start and stop VMs (the versions Ray's own
-  # Azure defaults pin). It authenticates with the managed identity.
+  # Azure defaults pin). It authenticates with the head's identity, which only the head VM carries.
   pip install -q azure-core==1.35.0 azure-identity==1.23.1 azure-mgmt-compute==35.0.0 \
     azure-mgmt-network==29.0.0 azure-mgmt-resource==24.0.0 azure-common==1.1.28 msrest==0.7.1 \
     msrestazure==0.6.4.post1
 fi
 
-# --- Ray token: Key Vault, read with the managed identity's token from the instance metadata service ---
+# --- Ray token: Key Vault, read with this VM's identity (head or worker) through the instance metadata service ---
 umask 077
 mkdir -p ~/.ray
 python - "$TESSERA_KEYVAULT" "$TESSERA_TOKEN_SECRET" > ~/.ray/auth_token.new <<'PY'

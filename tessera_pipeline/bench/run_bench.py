@@ -77,7 +77,7 @@ def bench_driver(tiles: int = 20_000, window: int = 16, local_cpus: int = 2) -> 
     """Run `tiles` tiles through a local cluster's actors with the no-op processor; tiles/s of the whole loop."""
     from tessera_pipeline import landmask, region
     from tessera_pipeline.run.config import build_config
-    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.run.session import start
     from tessera_pipeline.run.workplan import plan_tiles, subset
 
     plan = plan_tiles(region.select_global(landmask.load_landmask("globe")), 2024)
@@ -85,11 +85,11 @@ def bench_driver(tiles: int = 20_000, window: int = 16, local_cpus: int = 2) -> 
     with tempfile.TemporaryDirectory() as tmp:
         config = build_config({
             "input": str(Path(tmp) / "none"), "store": str(Path(tmp) / "store.zarr"), "checkpoint": "none",
-            "year": 2024, "window": window, "local_cpus": local_cpus, "processor": "noop",
+            "year": 2024, "window": window, "local_cpus": local_cpus,
             "progress_every_s": 5.0, "region": {"global": True},
         })
         t0 = time.perf_counter()
-        report = start(config, None, plan=plan)
+        report = start(config, None, plan=plan, processor="noop")
         seconds = time.perf_counter() - t0
     assert report.outcome is not None
     done = report.outcome.progress.complete
@@ -158,7 +158,7 @@ def bench_s3_idle(tiles: int = 6, size: tuple[int, int] = (16, 16)) -> IdleBench
     from tessera_pipeline.inputs.synthetic import make_synthetic_tile
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
     from tessera_pipeline.run.config import build_config
-    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.run.session import start
     from tessera_pipeline.run.workplan import plan_tiles
 
     names = region.select_bbox((-1.7, 53.2, -1.3, 53.4), landmask.load_landmask("globe")).names()[:tiles]

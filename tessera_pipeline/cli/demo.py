@@ -71,7 +71,7 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     from tessera_pipeline.inputs.synthetic import check_size_fits, make_synthetic_tile, parse_size
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
     from tessera_pipeline.run.config import build_config
-    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.run.session import start
     from tessera_pipeline.store import TileStore
     from tessera_pipeline.store.export import export_tiles
 

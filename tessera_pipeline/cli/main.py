@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -30,6 +30,31 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: click's "no arguments: here is the help" error (click >= 8.2) stays as click shows it: the full help.
+_SHOW_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error shown as the CLI's one `error:` line on stderr (exit code 2), not click's usage block."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print `error: <message>` as one line."""
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+def one_line_usage_error(exc: click.UsageError) -> OneLineUsageError:
+    """click's usage error as one line naming the command's --help, e.g. `(see `tessera-pipeline tiles --help`)`."""
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["tessera-pipeline", *reversed(names), "--help"])
+    return OneLineUsageError(f"{one_line(exc)} (see `{command}`)")
+
+
 class LazyGroup(click.Group):
     """Imports a subcommand's module only when it is used, so `--help` and each command start fast."""
 
@@ -45,19 +70,34 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(module, attr)
         return command
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """Parse the group's own options; a usage error there (`--no-such-flag`) is one line too."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            if isinstance(exc, _SHOW_HELP):
+                raise
+            raise one_line_usage_error(exc) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
-        """Turn the pipeline's typed errors (and file-system errors) into one line and exit code 2."""
+        """Turn the pipeline's typed errors, file-system errors and usage errors into one line and exit code 2."""
         try:
             return super().invoke(ctx)
         except (TesseraError, OSError) as exc:
             logging.getLogger(__name__).debug("command failed", exc_info=True)
             click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:
+            if isinstance(exc, _SHOW_HELP):
+                raise
+            raise one_line_usage_error(exc) from exc
 
 
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (library messages may span several)."""
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
     return text or type(exc).__name__
 
 

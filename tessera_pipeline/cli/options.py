@@ -142,3 +142,23 @@ def select_tiles(region: RegionRequest) -> TileSet:
 def region_tile_names(region: RegionRequest) -> list[str]:
     """Resolve a `RegionRequest` to a sorted list of tile names (see `select_tiles`)."""
     return select_tiles(region).names()
+
+
+def retry_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--retry-failed` and `--reason`, shared by run and resume."""
+    func = click.option("--reason", default=None, metavar="REASON",
+                        help="With --retry-failed: retry only tiles whose reason starts with this "
+                             "(e.g. bad-input:CorruptFileError, or bad-input).")(func)
+    return click.option("--retry-failed", is_flag=True,
+                        help="Also retry tiles that failed for good (bad input); tiles whose transient failures "
+                             "used up their attempts are always retried.")(func)
+
+
+def driver_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--takeover` and `--dashboard`, shared by run, resume and reprocess."""
+    func = click.option("--dashboard", is_flag=True,
+                        help="With a local cluster: start Ray's dashboard and print its URL "
+                             "(needs tessera-pipeline[dashboard]).")(func)
+    return click.option("--takeover", is_flag=True,
+                        help="Take the store over from a driver whose lease has expired (it was killed or its "
+                             "head node lost); a live driver is never taken over.")(func)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tessera_pipeline.cli.console import make_console, print_table
-from tessera_pipeline.cli.options import RegionRequest, region_options, select_tiles
+from tessera_pipeline.cli.options import RegionRequest, driver_options, region_options, retry_options, select_tiles
 from tessera_pipeline.cli.run_display import print_summary, run_display
 from tessera_pipeline.errors import ConfigError
 from tessera_pipeline.run.config import RunConfig, build_config, merge, read_config_file
@@ -68,7 +70,7 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
         click.echo(json.dumps({
             "tiles": report.planned, "pixels": report.planned_pixels, "already_complete": report.already_complete,
             "failed_left_out": report.skipped_failed, "todo_tiles": report.todo, "todo_pixels": report.todo_pixels,
-            "model": model,
+            "model": model, "missing_inputs": report.missing_inputs,
             "estimates": [{"profile": e.profile, "hw_class": e.hw_class, "precision": e.precision,
                            "machine_hours": round(e.machine_hours, 2)} for e in estimates],
         }, indent=1))
@@ -76,6 +78,9 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
     console.print(f"dry run: {report.planned:,} tiles ({report.planned_pixels:,} px) planned; "
                   f"{report.already_complete:,} complete, {report.skipped_failed:,} failed earlier; "
                   f"{report.todo:,} tiles ({report.todo_pixels:,} px) to do with model {model}", markup=False)
+    if report.missing_inputs:
+        console.print(f"{report.missing_inputs:,} planned tiles have no inputs under {config.input} for {config.year} "
+                      f"(e.g. {', '.join(report.missing_examples)}): they would fail as bad input", markup=False)
     table = Table("profile", "hardware class", "precision", "machine-hours", "days on 100 machines",
                   title="estimated time per hardware profile (published/calibrated timings)")
     for e in estimates:
@@ -96,21 +101,24 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
 @region_options
 @click.option("--address", default=None, help="Ray cluster to join ('auto' under `ray job submit`); default: a local one.")
 @click.option("--dry-run", is_flag=True, help="Plan and estimate only; start and write nothing.")
-@click.option("--retry-failed", is_flag=True, help="Also retry tiles that failed permanently before.")
-@click.option("--trust-checkpoint", is_flag=True, default=None, help="Allow pickled objects in the checkpoint.")
+@retry_options
+@click.option("--trust-checkpoint", is_flag=True, default=None,
+              help="Allow pickled objects in the checkpoint (never saved in the store: resume asks again).")
 @click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray cluster (default: all).")
+@driver_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 def run(config_file: Path | None, input_root: str | None, store: str | None, checkpoint: str | None,
         model: str | None, data_source: str | None, year: int | None, region: RegionRequest, address: str | None,
-        dry_run: bool, retry_failed: bool, trust_checkpoint: bool | None, local_cpus: int | None,
-        as_json: bool) -> None:
+        dry_run: bool, retry_failed: bool, reason: str | None, trust_checkpoint: bool | None,
+        local_cpus: int | None, takeover: bool, dashboard: bool, as_json: bool) -> None:
     """Encode every tile of a region into a store on a Ray cluster; resumable from the store alone.
 
     Tiles already complete are left out; the rest go largest first to long-lived actors, one pool
     per hardware class (GPUs by Ray accelerator type, CPUs by their bf16 support), each at its
-    class's precision. Exit code 1 when tiles failed (see `status`), 2 for bad arguments.
+    class's precision. One driver per store: a second is refused while the first's lease is live.
+    Exit code 1 while any planned tile has failed (see `status`), 2 for bad arguments, 130 on Ctrl-C.
     """
-    from tessera_pipeline.run.launch import start
+    from tessera_pipeline.run.session import start
 
     config = resolve_config(config_file, {
         "input": input_root, "store": store, "checkpoint": checkpoint, "model": model, "data_source": data_source,
@@ -122,26 +130,48 @@ def run(config_file: Path | None, input_root: str | None, store: str | None, che
     tiles = select_config_region(config)
     console = make_console(stderr=as_json)
     if dry_run:
-        report = start(config, tiles, dry_run=True, retry_failed=retry_failed)
+        report = start(config, tiles, dry_run=True, retry_failed=retry_failed, retry_reason=reason)
         print_dry_run(console, report, config, as_json)
         return
-    with run_display(console, json_stdout=as_json) as on_progress:
-        report = start(config, tiles, retry_failed=retry_failed, on_progress=on_progress)
+    with interruptible(console, config.store), run_display(console, json_stdout=as_json) as on_progress:
+        report = start(config, tiles, retry_failed=retry_failed, retry_reason=reason, takeover=takeover,
+                       dashboard=dashboard, on_progress=on_progress)
     finish(console, report, config.store, as_json)
 
 
+@contextmanager
+def interruptible(console: Any, store: str) -> Iterator[None]:
+    """On Ctrl-C: say what is committed and how to go on, exit 130 (the driver has released the store)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from tessera_pipeline.run.status import run_status
+
+        try:
+            st = run_status(store)
+            done = f"{st.complete:,} of {st.planned:,} tiles of run {st.run_id} are committed and kept"
+        except Exception:  # the summary is a courtesy; the message below still holds
+            done = "every committed tile is kept"
+        console.print(f"interrupted: {done}; continue with: tessera-pipeline resume --store {store}", markup=False)
+        sys.exit(130)
+
+
 def finish(console: Any, report: Any, store: str, as_json: bool) -> None:
-    """Print the summary (table or JSON) and exit 1 when any tile failed."""
-    failed = report.outcome.progress.failed if report.outcome else 0
+    """Print the summary (table or JSON); exit 1 while any tile of the plan has failed, old sessions included."""
+    failed = report.failed_in_plan
     if as_json:
         p = report.outcome.progress.to_dict() if report.outcome else {}
         click.echo(json.dumps({"run_id": report.run_id, "kind": report.kind, "planned": report.planned,
                                "already_complete": report.already_complete, "todo": report.todo,
-                               "progress": p, "idle_fraction": report.outcome.idle_fraction() if report.outcome else {}},
+                               "failed_in_plan": failed, "failed_left_out": report.skipped_failed, "progress": p,
+                               "idle_fraction": report.outcome.idle_fraction() if report.outcome else {}},
                               indent=1))
     else:
         print_summary(console, report, store)
         console.print(f"output: {store}  (read it with `tessera-pipeline export --store {store} ...`, "
                       f"check it with `tessera-pipeline verify --store {store}`)", markup=False)
     if failed:
+        console.print(f"{failed:,} tile(s) of this plan have failed for good (reasons: tessera-pipeline status --store "
+                      f"{store}); after fixing their inputs: tessera-pipeline resume --store {store} --retry-failed",
+                      markup=False)
         sys.exit(1)

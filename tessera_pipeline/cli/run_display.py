@@ -13,8 +13,8 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from tessera_pipeline.cli.console import PLAIN_PROGRESS_EVERY_S, print_table
-from tessera_pipeline.run.driver import RunProgress
-from tessera_pipeline.run.launch import RunReport
+from tessera_pipeline.run.progress import RunProgress
+from tessera_pipeline.run.session import RunReport
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -33,9 +33,14 @@ def progress_line(p: RunProgress) -> str:
     classes = ", ".join(f"{c}: {v['tiles']} tiles {v['px_per_s']:,.0f} px/s ({v['actors']} actors)"
                         for c, v in sorted(p.by_class.items()))
     fails = ", ".join(f"{r} {n}" for r, n in sorted(p.failed_by_reason.items())) or "none"
+    extra = "".join([
+        f"; PAUSED ({p.pause_reason})" if p.paused else "",
+        f"; {p.quarantined} actor(s) quarantined" if p.quarantined else "",
+        "".join(f"; node {n['node_id'][:8]} given up: {n['last_error']}" for n in p.given_up_nodes),
+    ])
     return (f"run {p.run_id}: {p.complete:,}/{p.total:,} tiles complete ({pct:.0f}%), {p.failed} failed "
             f"[{fails}], {p.inflight} in flight, {p.retrying} awaiting retry, {rate:,.0f} px/s, "
-            f"elapsed {_fmt_s(p.elapsed_s)}, ETA {_fmt_s(p.eta_s)}; {classes or 'no actor ready yet'}")
+            f"elapsed {_fmt_s(p.elapsed_s)}, ETA {_fmt_s(p.eta_s)}; {classes or 'no actor ready yet'}{extra}")
 
 
 def _panel(p: RunProgress) -> Group:
@@ -45,13 +50,21 @@ def _panel(p: RunProgress) -> Group:
     head.add_row(ProgressBar(total=max(p.total, 1), completed=p.complete + p.failed, width=40),
                  f"[bold]{p.complete:,}[/]/{p.total:,} tiles  {p.failed} failed  {p.inflight} in flight  "
                  f"{p.retrying} retrying  elapsed {_fmt_s(p.elapsed_s)}  ETA {_fmt_s(p.eta_s)}")
-    table = Table("class", "actors", "tiles", "px/s", "tiles/h", box=None, pad_edge=False)
+    table = Table("class", "actors", "threads", "tiles", "px/s", "tiles/h", box=None, pad_edge=False)
     for cls, v in sorted(p.by_class.items()):
-        table.add_row(cls, str(v["actors"]), f"{v['tiles']:,}", f"{v['px_per_s']:,.0f}", f"{v['tiles_per_h']:,.1f}")
+        threads = ",".join(map(str, p.threads_by_class.get(cls, []))) or "-"
+        table.add_row(cls, str(v["actors"]), threads, f"{v['tiles']:,}", f"{v['px_per_s']:,.0f}",
+                      f"{v['tiles_per_h']:,.1f}")
     fails = "  ".join(f"{r}: {n}" for r, n in sorted(p.failed_by_reason.items()))
     parts: list[Any] = [head, table]
     if fails:
         parts.append(f"[red]failed by reason[/]  {fails}")
+    if p.paused:
+        parts.append(f"[yellow]paused[/]  {p.pause_reason}")
+    if p.quarantined:
+        parts.append(f"[yellow]quarantined actors[/]  {p.quarantined}")
+    for node in p.given_up_nodes:
+        parts.append(f"[red]node {node['node_id'][:8]} given up[/]  {node['reason']}; last error: {node['last_error']}")
     return Group(*parts)
 
 

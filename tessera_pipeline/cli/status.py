@@ -16,7 +16,8 @@ from tessera_pipeline.cli.console import make_console, print_table
 @click.option("--run-id", default=None, help="Which recorded run (default: the store's current run).")
 @click.option("--json", "as_json", is_flag=True, help="JSON: complete, failed, pending, failed_by_reason, throughput, ...")
 def status(store: str, run_id: str | None, as_json: bool) -> None:
-    """Show a run's progress: tiles complete, failed (by reason) and pending; throughput by hardware class.
+    """Show a run's progress: whether its driver is running, tiles complete, failed (by reason) and pending,
+    throughput by hardware class, quarantined actors and given-up nodes.
 
     Exit code 1 while any planned tile has failed, 0 otherwise.
     """
@@ -32,17 +33,38 @@ def status(store: str, run_id: str | None, as_json: bool) -> None:
                       f"{str(st.checkpoint.get('sha256', ''))[:12]}: {st.complete:,}/{st.planned:,} tiles complete "
                       f"({pct:.1f}%, {st.pixels_complete:,}/{st.pixels_planned:,} px), {st.failed:,} failed, "
                       f"{st.pending:,} pending", markup=False)
+        d = st.driver
+        if st.state == "running" and d:
+            console.print(f"running: driver on {d['host']} (pid {d['pid']}), last beat {d['last_beat_s_ago']:.0f} s ago",
+                          markup=False)
+        elif st.state == "stopped":
+            why = (f"its driver on {d['host']} last beat {d['last_beat_s_ago']:.0f} s ago (lease expired)" if d
+                   else "no driver holds the store")
+            console.print(f"not running: {why}; continue with: tessera-pipeline resume --store {store}"
+                          f"{' --takeover' if d else ''}", markup=False)
+        progress = st.progress or {}
+        for node in progress.get("given_up_nodes", []):
+            console.print(f"  node {node['node_id'][:8]} ({node['hw_class']}) given up: {node['reason']}; "
+                          f"last error: {node['last_error']} (remove it from the cluster)", markup=False)
+        if progress.get("quarantined"):
+            console.print(f"  {progress['quarantined']} actor(s) quarantined (failed tiles in a row while others "
+                          "succeeded; their tiles were not charged)", markup=False)
         if st.failed_by_reason:
             table = Table("reason", "tiles", title="failed by reason")
             for reason, n in sorted(st.failed_by_reason.items(), key=lambda kv: -kv[1]):
                 table.add_row(reason, f"{n:,}")
             print_table(console, table)
             for f in st.failed_tiles[:10]:
-                console.print(f"  {f['year']}/{f['tile']}: {f['reason']}: {f['message']}", markup=False)
+                console.print(f"  {f['year']}/{f['tile']} ({f['kind']}): {f['reason']}: {f['message']}", markup=False)
+            if st.failed_by_kind.get("permanent"):
+                console.print(f"after fixing the inputs: tessera-pipeline resume --store {store} --retry-failed",
+                              markup=False)
         if st.throughput:
-            table = Table("hardware class", "actors", "tiles", "px/s", title="throughput (last driver session)")
+            threads = (st.progress or {}).get("threads_by_class", {})
+            table = Table("hardware class", "actors", "threads", "tiles", "px/s", title="throughput (last driver session)")
             for cls, v in sorted(st.throughput.items()):
-                table.add_row(cls, str(v.get("actors", "")), f"{v.get('tiles', 0):,}", f"{v.get('px_per_s', 0):,.0f}")
+                table.add_row(cls, str(v.get("actors", "")), ",".join(map(str, threads.get(cls, []))) or "-",
+                              f"{v.get('tiles', 0):,}", f"{v.get('px_per_s', 0):,.0f}")
             print_table(console, table)
     if st.failed:
         sys.exit(1)

@@ -68,7 +68,8 @@ class RunConfig(BaseModel):
     model: Literal["v1.0", "v1.1"] | None = None
     data_source: Literal["mpc", "aws"] | None = None
     address: str | None = Field(default=None, description="'auto' joins a running Ray cluster; none starts a local one")
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = Field(default=False, description="Allow pickled objects in the checkpoint (command line "
+                                   "only: never saved in the store)")
     seed: int = 0
     window: int = Field(default=2, ge=1, le=16, description="Tiles in flight per actor (one encoding, the rest prefetching)")
     max_attempts: int = Field(default=4, ge=1, le=100, description="Tries per tile for transient failures")
@@ -77,9 +78,13 @@ class RunConfig(BaseModel):
     refresh_s: float = Field(default=10.0, gt=0.0, description="How often new or lost nodes are looked for")
     progress_every_s: float = Field(default=30.0, gt=0.0, description="Progress snapshots to the store and plain logs")
     local_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local cluster when none is joined")
+    quarantine_after: int = Field(default=3, ge=1, description="Failures in a row on one actor, while others succeed, "
+                                  "before it is quarantined (its tiles are not charged)")
+    max_pause_s: float = Field(default=300.0, gt=0.0, description="Longest pause of the whole run while every actor "
+                               "fails (an outage); pauses double from 5 s up to this")
+    lease_ttl_s: float = Field(default=60.0, gt=0.0, description="The driver's lease on the store: heartbeat every "
+                               "third of this; a driver silent for longer can be taken over with --takeover")
     node_types: dict[str, NodeTypePolicy] = Field(default_factory=dict)
-    processor: str = Field(default="encode", description="'encode'; 'noop' measures the driver alone; or module:callable")
-    processor_options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the processor")
 
     @field_validator("node_types")
     @classmethod
@@ -90,8 +95,14 @@ class RunConfig(BaseModel):
         return value
 
     def to_record(self) -> dict[str, Any]:
-        """Plain JSON for the store."""
-        return self.model_dump(mode="json", by_alias=True)
+        """Plain JSON for the store: the run's settings, never code or trust decisions (`NOT_RECORDED`)."""
+        return self.model_dump(mode="json", by_alias=True, exclude=set(NOT_RECORDED))
+
+
+#: Keys a run record never holds: what code runs and what is trusted are decided by whoever runs the command.
+NOT_RECORDED = ("trust_checkpoint",)
+#: Keys older stores' run records may hold that are no longer read from the store (code paths, trust flags).
+IGNORED_RECORD_KEYS = ("processor", "processor_options", "trust_checkpoint")
 
 
 def _location(err: dict[str, Any]) -> str:

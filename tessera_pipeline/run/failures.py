@@ -13,10 +13,12 @@ from typing import Literal
 
 from tessera_pipeline.errors import (
     CheckpointError,
+    CommitConflictError,
     EncodeError,
     InputError,
     RemoteInputError,
     StoreConflictError,
+    StoreError,
 )
 
 Kind = Literal["permanent", "transient"]
@@ -31,8 +33,19 @@ class FailureInfo:
     message: str
 
 
+def unwrap_task_error(exc: BaseException) -> BaseException:
+    """The error a Ray task or actor method raised itself, out of Ray's RayTaskError wrapper(s)."""
+    while any(c.__name__ == "RayTaskError" for c in type(exc).__mro__):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    return exc
+
+
 def classify(exc: BaseException) -> FailureInfo:
-    """Classify an exception raised while processing a tile (in the worker or by Ray)."""
+    """Classify an exception raised while processing a tile (in the worker, or by Ray around it)."""
+    exc = unwrap_task_error(exc)
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, RemoteInputError):
         return FailureInfo("transient", "input-unreachable", message)
@@ -40,8 +53,12 @@ def classify(exc: BaseException) -> FailureInfo:
         return FailureInfo("permanent", f"bad-input:{type(exc).__name__}", message)
     if isinstance(exc, CheckpointError):
         return FailureInfo("permanent", "bad-checkpoint", message)
+    if isinstance(exc, CommitConflictError):
+        return FailureInfo("transient", "commit-conflict", message)
     if isinstance(exc, StoreConflictError):
         return FailureInfo("permanent", "store-conflict", message)
+    if isinstance(exc, StoreError):
+        return FailureInfo("transient", "io-error", message)
     if isinstance(exc, EncodeError):
         return FailureInfo("permanent", "encode-error", message)
     return classify_system(exc, message)

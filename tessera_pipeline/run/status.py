@@ -1,8 +1,10 @@
 """A run's state from the store alone: complete, failed (by reason) and pending tiles of its plan.
 
 Complete means a commit marker (one listing of `_commits/{year}/`); failed means a failure record
-whose tile has no marker; pending is the rest. Throughput by hardware class comes from the
-driver's last progress snapshot. Works wherever the store is readable, with no Ray and no driver.
+whose tile has no marker (`permanent`: bad input, retried only on request; `exhausted`: transient
+failures that used up their attempts, retried by `resume`); pending is the rest. Whether a driver is
+running comes from the store's lease and its heartbeat; throughput, quarantines and given-up nodes
+from the driver's last progress snapshot. Works wherever the store is readable, with no Ray.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from tessera_pipeline.run.launch import done_tiles
+from tessera_pipeline.run.lease import read_lease
+from tessera_pipeline.run.session import done_tiles
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.runlog import RunLog
 
@@ -34,6 +37,16 @@ class RunStatus:
     throughput: dict[str, Any]
     progress: dict[str, Any] | None
     checkpoint: dict[str, Any]
+    failed_by_kind: dict[str, int]
+    driver: dict[str, Any] | None
+    driver_live: bool
+
+    @property
+    def state(self) -> str:
+        """`running` (a driver holds a live lease), `finished`, or `stopped` (no live driver, work left)."""
+        if self.driver_live:
+            return "running"
+        return "finished" if self.pending == 0 else "stopped"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON `status --json` prints."""
@@ -43,7 +56,11 @@ class RunStatus:
             "pixels_planned": self.pixels_planned, "pixels_complete": self.pixels_complete,
             "failed_by_reason": self.failed_by_reason, "failed_tiles": self.failed_tiles,
             "throughput": self.throughput, "checkpoint": self.checkpoint,
-            "last_progress_at": (self.progress or {}).get("updated_at"),
+            "last_progress_at": (self.progress or {}).get("updated_at"), "failed_by_kind": self.failed_by_kind,
+            "state": self.state, "driver": self.driver,
+            "given_up_nodes": (self.progress or {}).get("given_up_nodes", []),
+            "quarantined": (self.progress or {}).get("quarantined", 0),
+            "threads_by_class": (self.progress or {}).get("threads_by_class", {}),
         }
 
 
@@ -57,22 +74,30 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     keys = list(zip(plan.years.tolist(), plan.tiles))
     done = done_tiles(store, runlog, record, plan)
     planned = set(keys)
-    failures = [k for k in runlog.failed_tiles() if k in planned and k not in done]
+    failures = [f for f in runlog.failed_tiles() if f.key in planned and f.key not in done]
     reasons: Counter[str] = Counter()
+    kinds: Counter[str] = Counter(f.kind for f in failures)
     listed: list[dict[str, Any]] = []
-    for year, tile in failures:
-        doc = runlog.failure(year, tile) or {}
+    for f in failures:
+        doc = runlog.failure(f.year, f.tile, f.kind) or {}
         reasons[str(doc.get("reason", "unknown"))] += 1
         if len(listed) < list_failed:
-            listed.append({"year": year, "tile": tile, "reason": doc.get("reason"), "message": doc.get("message"),
-                           "attempts": doc.get("attempts")})
+            listed.append({"year": f.year, "tile": f.tile, "kind": f.kind, "reason": doc.get("reason"),
+                           "message": doc.get("message"), "attempts": doc.get("attempts")})
     pixels_complete = int(sum(int(p) for k, p in zip(keys, plan.pixels.tolist()) if k in done))
     progress = runlog.load_progress(rid)
     complete = sum(1 for k in keys if k in done)
+    lease = read_lease(store.backend)
+    driver = None
+    if lease is not None:
+        info = lease[0]
+        driver = {"run_id": info.run_id, "host": info.host, "pid": info.pid, "started_at": info.started_at,
+                  "last_beat_s_ago": round(info.age_s(), 1), "lease_ttl_s": info.ttl_s}
     return RunStatus(
         run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(keys),
         complete=complete, failed=len(failures), pending=len(keys) - complete - len(failures),
         pixels_planned=plan.total_pixels, pixels_complete=pixels_complete, failed_by_reason=dict(reasons),
         failed_tiles=listed, throughput=(progress or {}).get("by_class", {}), progress=progress,
-        checkpoint=record.get("checkpoint", {}),
+        checkpoint=record.get("checkpoint", {}), failed_by_kind=dict(kinds), driver=driver,
+        driver_live=lease is not None and lease[0].live(),
     )

@@ -4,7 +4,7 @@ writes and commits whole tiles, returning only small metadata to the driver.
 Each call runs in its own thread of a threaded actor (`max_concurrency = window + 1`): while one
 tile holds the encode lock, the next tile's inputs are already being fetched, and the previous
 tile's write overlaps the encode. Bulk data goes input store -> worker -> output store, never
-through the driver or Ray's object store. Ray is imported only inside the actor; `fleet` wraps the class.
+through the driver or Ray's object store. Ray is imported only inside the actor; `pool` wraps the class.
 """
 
 from __future__ import annotations
@@ -16,68 +16,17 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tessera_pipeline.errors import CommitConflictError
 from tessera_pipeline.run.failures import FailureInfo, classify
+from tessera_pipeline.run.messages import TileRequest, TileResult, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything an actor needs, decided by the driver: routing, precision, cores, where data lives."""
-
-    hw_class: str
-    node_id: str
-    precision: str
-    batch_size: int
-    device: str
-    cores: tuple[int, ...]
-    threads: int
-    store_url: str
-    input_root: str
-    checkpoint_source: str
-    checkpoint_sha256: str
-    model: str | None = None
-    data_source: str | None = None
-    seed: int = 0
-    trust_checkpoint: bool = False
-    run_id: str = ""
-    processor: str = "encode"
-    processor_options: dict[str, Any] = field(default_factory=dict)
-    log_level: int = logging.WARNING
-
-
-@dataclass(frozen=True)
-class TileRequest:
-    """One tile to process, and which try this is."""
-
-    year: int
-    tile: str
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class TileResult:
-    """What a worker returns for a tile: the commit (or the classified failure) and its timings."""
-
-    year: int
-    tile: str
-    ok: bool
-    hw_class: str
-    node_id: str
-    worker_id: str
-    precision: str
-    pixels: int = 0
-    version: str | None = None
-    fetch_s: float = 0.0
-    encode_s: float = 0.0
-    write_s: float = 0.0
-    encode_started: float = 0.0
-    encode_ended: float = 0.0
-    failure: FailureInfo | None = None
+#: The failure reason of a tile sent to an actor that restarted before the driver noticed (never charged).
+RESTARTED = "actor-restarted"
 
 
 class Processor(Protocol):
@@ -96,24 +45,45 @@ class Processor(Protocol):
         """Free what `fetch` cached for the tile (called whatever happened)."""
 
 
-def _materialise_checkpoint(blob: bytes, sha256: str) -> Path:
-    """Write the checkpoint bytes shipped through Ray's object store to this node's cache, once per node."""
+def checkpoint_cache_path(sha256: str) -> Path:
+    """Where this node keeps the run's checkpoint file (one copy per node, shared by its actors and restarts)."""
     from tessera_pipeline.inputs.s3 import default_cache_dir
 
-    folder = default_cache_dir().parent / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sha256}.pt"
-    if not path.is_file() or path.stat().st_size != len(blob):
-        tmp = folder / f".{sha256}.{uuid.uuid4().hex}.part"
+    return default_cache_dir().parent / "checkpoints" / f"{sha256}.pt"
+
+
+def local_checkpoint(sha256: str, refs: list[Any]) -> tuple[Path | None, int]:
+    """This node's copy of the checkpoint, fetched from the driver's object only when the node has none.
+
+    Returns (path, bytes fetched over Ray now): 0 for every actor start and restart after the node's first.
+    A cached file whose sha256 does not match is replaced. `refs` holds the ObjectRef in a list so Ray does
+    not resolve it before this check.
+    """
+    if not refs:
+        return None, 0
+    import fcntl
+
+    from tessera_pipeline.model.checkpoint import sha256_file
+
+    path = checkpoint_cache_path(sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{sha256}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # actors starting together on a node: one fetches, the others wait
+        if path.is_file() and sha256_file(path) == sha256:
+            return path, 0
+        import ray
+
+        blob: bytes = ray.get(refs[0])
+        tmp = path.with_name(f".{sha256}.{uuid.uuid4().hex}.part")
         tmp.write_bytes(blob)
         os.replace(tmp, path)
-    return path
+        return path, len(blob)
 
 
 class EncodeProcessor:
     """The real thing: open (fetch) the d-pixel tile, encode it, commit it to the store, evict the cache."""
 
-    def __init__(self, spec: WorkerSpec, checkpoint_blob: bytes, *, delay_s: float = 0.0) -> None:
+    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, delay_s: float = 0.0) -> None:
         from dataclasses import replace
 
         from tessera_pipeline.encode.setup import build_encoder, model_attributes
@@ -121,7 +91,9 @@ class EncodeProcessor:
 
         self.spec = spec
         self.delay_s = float(delay_s)
-        path = _materialise_checkpoint(checkpoint_blob, spec.checkpoint_sha256)
+        if checkpoint is None:
+            raise RuntimeError("the encode processor needs the run's checkpoint")
+        path = checkpoint
         device = "cuda:0" if spec.device == "cuda" else spec.device
         self.encoder, self.hw = build_encoder(
             str(path), version=spec.model, data_source=spec.data_source, precision=spec.precision,  # type: ignore[arg-type]
@@ -152,7 +124,8 @@ class EncodeProcessor:
 
         tile, geometry = fetched
         prov = provenance(self.encoder, self.hw, tile, encoded)
-        prov.update(hardware_class=self.spec.hw_class, run_id=self.spec.run_id, attempt=req.attempt)
+        prov.update(hardware_class=self.spec.hw_class, node_id=self.spec.node_id, run_id=self.spec.run_id,
+                    attempt=req.attempt, threads=torch_threads(), cores=pinned_cores())
         record = write_encoded_tile(
             self.spec.store_url, req.year, req.tile, encoded.embeddings, encoded.scales,
             epsg=geometry.epsg, transform=tuple(geometry.transform), provenance=prov, model_attrs=self.model_attrs,
@@ -178,7 +151,7 @@ class EncodeProcessor:
 class NoopProcessor:
     """Does no work (optionally sleeps): measures the driver's own scheduling and bookkeeping rate."""
 
-    def __init__(self, spec: WorkerSpec, checkpoint_blob: bytes, *, sleep_s: float = 0.0) -> None:
+    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, sleep_s: float = 0.0) -> None:
         self.sleep_s = float(sleep_s)
 
     def fetch(self, req: TileRequest) -> Any:
@@ -202,13 +175,14 @@ class NoopProcessor:
 BUILTIN_PROCESSORS: dict[str, type] = {"encode": EncodeProcessor, "noop": NoopProcessor}
 
 
-def make_processor(spec: WorkerSpec, checkpoint_blob: bytes) -> Processor:
-    """The spec's processor: a built-in name, or `module:callable` (the injection point tests use)."""
+def make_processor(spec: WorkerSpec, checkpoint: Path | None) -> Processor:
+    """The spec's processor: a built-in name, or `module:callable` given through the Python API (tests inject
+    faults this way); never a name read from the store."""
     factory: Any = BUILTIN_PROCESSORS.get(spec.processor)
     if factory is None:
         module, _, attr = spec.processor.partition(":")
         factory = getattr(importlib.import_module(module), attr)
-    processor: Processor = factory(spec, checkpoint_blob, **spec.processor_options)
+    processor: Processor = factory(spec, checkpoint, **spec.processor_options)
     return processor
 
 
@@ -226,66 +200,90 @@ def pin_cores(cores: tuple[int, ...], threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-class CheckpointHolder:
-    """Holds the checkpoint bytes for the run's actors (a zero-CPU actor next to the driver)."""
+def torch_threads() -> int:
+    """torch's intra-op thread count in this process (recorded in each tile's provenance)."""
+    import torch
 
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
+    return int(torch.get_num_threads())
 
-    def get(self) -> bytes:
-        """The checkpoint file's bytes."""
-        return self.blob
 
-    def node_id(self) -> str:
-        """The node this copy lives on."""
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
+def pinned_cores() -> list[int]:
+    """The logical CPUs this process is pinned to, or [] when it may run on all of the machine's."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return []
+    return [] if len(mine) >= (os.cpu_count() or len(mine)) else sorted(mine)
 
 
 class TileWorker:
-    """The actor body. `fleet` creates it as a threaded Ray actor on one node, for one hardware class.
+    """The actor body. `pool` creates it as a threaded Ray actor on one node, for one hardware class.
 
-    `checkpoint_holder` names the run's `CheckpointHolder` actor: every actor, and every restart, fetches
-    the one copy the driver loaded, through Ray's object store (never once per tile from S3).
+    The driver calls `load([ObjectRef])` after the actor starts and after every restart (a method argument,
+    not a constructor argument, so a restart never depends on an object Ray may have dropped): the actor
+    uses its node's cached checkpoint when there is one and fetches the object only otherwise.
     """
 
-    def __init__(self, spec: WorkerSpec, checkpoint_holder: str) -> None:
-        import ray
-
+    def __init__(self, spec: WorkerSpec) -> None:
         logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("tessera_pipeline").setLevel(spec.log_level)
         pin_cores(spec.cores, spec.threads)
         self.spec = spec
         self.worker_id = f"{spec.hw_class}/{spec.node_id[:8]}/{os.getpid()}"
-        self.processor = make_processor(spec, ray.get(ray.get_actor(checkpoint_holder).get.remote()))
+        self.processor: Processor | None = None
+        self.checkpoint_fetched = 0
         self._encode_lock = threading.Lock()
-        log.info("worker %s ready: %s, batch %d, cores %s", self.worker_id, spec.precision, spec.batch_size, spec.cores)
+        self._load_lock = threading.Lock()
+
+    def load(self, checkpoint: list[Any]) -> dict[str, Any]:
+        """Load the checkpoint and build the processor, once per process; returns who this worker is."""
+        with self._load_lock:
+            if self.processor is None:
+                path, self.checkpoint_fetched = local_checkpoint(self.spec.checkpoint_sha256, checkpoint)
+                self.processor = make_processor(self.spec, path)
+                log.info("worker %s ready: %s, batch %d, cores %s", self.worker_id, self.spec.precision,
+                         self.spec.batch_size, self.spec.cores)
+        return self.ready()
 
     def ready(self) -> dict[str, Any]:
-        """Who this worker is (the driver waits on this before sending tiles)."""
+        """Who this worker is, and whether it has loaded its checkpoint."""
         return {"worker_id": self.worker_id, "pid": os.getpid(), "hw_class": self.spec.hw_class,
-                "cores": list(self.spec.cores), "precision": self.spec.precision}
+                "cores": pinned_cores(), "threads": torch_threads(), "precision": self.spec.precision,
+                "checkpoint_fetched_bytes": self.checkpoint_fetched, "loaded": self.processor is not None}
 
     def process(self, req: TileRequest) -> TileResult:
         """Fetch, encode (exclusively), write and commit one tile; failures come back classified."""
         t0 = time.perf_counter()
         started = ended = 0.0
         fetch_s = encode_s = 0.0
+        processor = self.processor
+        if processor is None:
+            info = FailureInfo("transient", RESTARTED, "the actor restarted and has not loaded its checkpoint yet")
+            return TileResult(req.year, req.tile, False, self.spec.hw_class, self.spec.node_id, self.worker_id,
+                              self.spec.precision, failure=info)
         try:
-            fetched = self.processor.fetch(req)
+            fetched = processor.fetch(req)
             fetch_s = time.perf_counter() - t0
             with self._encode_lock:
                 started = time.time()
                 t1 = time.perf_counter()
-                encoded = self.processor.encode(fetched)
+                encoded = processor.encode(fetched)
                 encode_s = time.perf_counter() - t1
                 ended = time.time()
             t2 = time.perf_counter()
-            pixels, version = self.processor.commit(req, fetched, encoded)
+            pixels, version = processor.commit(req, fetched, encoded)
             write_s = time.perf_counter() - t2
             return TileResult(req.year, req.tile, True, self.spec.hw_class, self.spec.node_id, self.worker_id,
                               self.spec.precision, pixels, version, fetch_s, encode_s, write_s, started, ended)
+        except CommitConflictError as exc:
+            if exc.current_checkpoint_sha256 == self.spec.checkpoint_sha256:
+                log.info("tile %s/%s: committed meanwhile by another writer with this checkpoint", req.year, req.tile)
+                return TileResult(req.year, req.tile, True, self.spec.hw_class, self.spec.node_id, self.worker_id,
+                                  self.spec.precision, 0, exc.current_version, fetch_s, encode_s, 0.0, started, ended,
+                                  committed_by_other=True)
+            info = FailureInfo("transient", "commit-conflict", str(exc).splitlines()[0])
+            return TileResult(req.year, req.tile, False, self.spec.hw_class, self.spec.node_id, self.worker_id,
+                              self.spec.precision, 0, None, fetch_s, encode_s, 0.0, started, ended, info)
         except Exception as exc:  # every failure is classified and returned; the driver decides
             info = classify(exc)
             log.warning("tile %s/%s failed (%s): %s", req.year, req.tile, info.reason, info.message)
@@ -293,7 +291,7 @@ class TileWorker:
                               self.spec.precision, 0, None, fetch_s, encode_s, 0.0, started, ended, info)
         finally:
             try:
-                self.processor.release(req)
+                processor.release(req)
             except OSError as exc:
                 log.warning("could not evict the cache of %s: %s", req.tile, exc)
 

@@ -1,16 +1,23 @@
-"""Small-object I/O for the store on a local path or `s3://`: atomic puts, listings, deletes.
+"""Small-object I/O for the store on a local path or `s3://`: atomic and conditional puts, listings, deletes.
 
 Zarr writes the bulk arrays; this module does what the commit protocol needs beyond zarr: a
-marker put that readers see whole or not at all (os.replace locally, one PUT on S3), durability
-(fsync locally; a completed PUT is durable on S3), one listing for many markers, and tree deletes.
+marker put that readers see whole or not at all (os.replace locally, one PUT on S3), a put that
+happens only if the object is still what the writer last read (`get_tagged` / `put_if`: flock
+locally, If-Match / If-None-Match on S3), durability (fsync locally; a completed PUT is durable on
+S3), one listing for many markers, and tree deletes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +39,20 @@ class Backend(Protocol):
 
     def put_atomic(self, key: str, data: bytes) -> None:
         """Write an object that readers see entirely or not at all, durably."""
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and an opaque tag of that content (for `put_if`), or None when absent."""
+
+    def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
+        """Write atomically only if the object's tag is still `tag` (None: only if absent).
+
+        True when written (or when it already holds exactly `data`: a retried put whose first try
+        landed), False when someone else changed it since `tag` was read.
+        """
+
+    @property
+    def conditional_writes(self) -> bool:
+        """True when `put_if` is enforced by the store; False: it is read-compare-put, racy."""
 
     def put_many(self, items: dict[str, bytes]) -> None:
         """Write many new objects (keys nobody reads yet) as fast as the backend allows."""
@@ -93,9 +114,56 @@ class LocalBackend:
             return None
 
     def put_atomic(self, key: str, data: bytes) -> None:
-        """Write to a hidden temporary file, fsync it, rename over the target, fsync the folder."""
+        """Write to a hidden temporary file, fsync it, rename over the target, fsync the folder.
+
+        Under the key's lock when the key has one (it was ever `put_if`-written), so an
+        unconditional put never lands between a `put_if`'s compare and its swap.
+        """
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(path, create=False):
+            self._replace(path, data)
+
+    @property
+    def conditional_writes(self) -> bool:
+        """Always True: `put_if` is a compare-and-swap under an exclusive flock."""
+        return True
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The file's bytes and their sha256 hex, or None when absent (os.replace makes the read whole)."""
+        data = self.get(key)
+        return None if data is None else (data, _sha256(data))
+
+    def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
+        """Compare the file's sha256 with `tag` and replace it atomically, all under the key's flock."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(path, create=True):
+            current = self.get(key)
+            if (None if current is None else _sha256(current)) != tag:
+                return current == data
+            self._replace(path, data)
+        return True
+
+    @contextmanager
+    def _locked(self, path: Path, *, create: bool) -> Iterator[None]:
+        """Hold an exclusive flock on the hidden `.{name}.lock` beside `path` (absent and not `create`: no lock)."""
+        lock = path.with_name(f".{path.name}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except (FileNotFoundError, NotADirectoryError):
+            if create:
+                raise
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Write a hidden temporary file, fsync it, os.replace it over `path`, fsync the folder."""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -135,8 +203,10 @@ class LocalBackend:
         shutil.rmtree(self._path(key), ignore_errors=True)
 
     def delete(self, key: str) -> None:
-        """Remove one file."""
-        self._path(key).unlink(missing_ok=True)
+        """Remove one file (under its lock when it has one, so a racing `put_if` sees it absent or present)."""
+        path = self._path(key)
+        with self._locked(path, create=False):
+            path.unlink(missing_ok=True)
 
     def make_durable(self, key: str) -> None:
         """fsync every file and directory under the prefix, and the parents up to the root."""
@@ -153,6 +223,11 @@ class LocalBackend:
         while parent != self.root and parent.parent != parent:
             parent = parent.parent
             _fsync_dir(parent)
+
+
+def _sha256(data: bytes) -> str:
+    """The local backend's tag: sha256 hex of the content."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -174,23 +249,70 @@ S3FS_TRIES = 3
 S3_OPERATION_BUDGET_S = 600.0
 
 
+def _s3_endpoint() -> str | None:
+    """The S3 endpoint from the standard AWS variables (None: AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _s3_region() -> str | None:
+    """The region from the standard AWS variables (None: botocore's own resolution)."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _s3_config_kwargs() -> dict[str, Any]:
+    """botocore Config arguments shared by s3fs and the boto3 client: bounded timeouts and retries."""
+    return {
+        "connect_timeout": S3_CONNECT_TIMEOUT_S,
+        "read_timeout": S3_READ_TIMEOUT_S,
+        "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+    }
+
+
 def s3_storage_options() -> dict[str, Any]:
     """s3fs options from the standard AWS variables (endpoint, region), with bounded timeouts and retries."""
-    options: dict[str, Any] = {
-        "use_listings_cache": False,
-        "config_kwargs": {
-            "connect_timeout": S3_CONNECT_TIMEOUT_S,
-            "read_timeout": S3_READ_TIMEOUT_S,
-            "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
-        },
-    }
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": _s3_config_kwargs()}
+    endpoint = _s3_endpoint()
     if endpoint:
         options["endpoint_url"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = _s3_region()
     if region:
         options["client_kwargs"] = {"region_name": region}
     return options
+
+
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CONDITIONAL: dict[tuple[str | None, str], bool] = {}
+_CACHE_LOCK = threading.Lock()
+
+#: Error codes S3 answers a failed If-Match / If-None-Match with (412), or a concurrent
+#: conditional write to the same key (409): either way the object is not what the writer read.
+_PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client bounded like s3fs (endpoint, region, timeouts, retries); one per process and identity.
+
+    Cached because building one costs ~0.1 s and every tile write uses it; the key holds what the
+    AWS variables say (endpoint, region, key id, profile), so a changed environment gets a new one.
+    """
+    key = (
+        os.getpid(),
+        _s3_endpoint(),
+        _s3_region(),
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_PROFILE"),
+    )
+    with _CACHE_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            import boto3.session
+            from botocore.config import Config
+
+            client = boto3.session.Session().client(
+                "s3", endpoint_url=key[1], region_name=key[2], config=Config(**_s3_config_kwargs())
+            )
+            _CLIENTS[key] = client
+    return client
 
 
 class S3Backend:
@@ -230,6 +352,108 @@ class S3Backend:
     def put_atomic(self, key: str, data: bytes) -> None:
         """One PUT: S3 makes an object visible whole, and only once it is durable."""
         self.fs.pipe_file(self._path(key), data)
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        """The bucket and object key of a store key."""
+        bucket, _, obj = self._path(key).partition("/")
+        return bucket, obj
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """One GetObject: the body and its ETag (as S3 quotes it), or None when absent."""
+        from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
+
+        bucket, obj = self._bucket_key(key)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = s3_client().get_object(Bucket=bucket, Key=obj)
+                return resp["Body"].read(), str(resp["ETag"])
+            except ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "404"):
+                    return None
+                raise _client_error(self.url, "get_object", exc) from exc
+            except (IncompleteReadError, ResponseStreamingError) as exc:
+                if attempt >= S3_ATTEMPTS:
+                    raise _store_error(self.url, "get_object", exc) from exc
+                log.debug("GET %s cut short (%s); reading again", key, exc)
+            except Exception as exc:
+                raise _store_error(self.url, "get_object", exc) from exc
+
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether this endpoint honours If-None-Match / If-Match on PUT (probed once per process and store)."""
+        cache = (_s3_endpoint(), self.url)
+        with _CACHE_LOCK:
+            known = _CONDITIONAL.get(cache)
+        if known is None:
+            known = self._probe()
+            with _CACHE_LOCK:
+                first = cache not in _CONDITIONAL
+                _CONDITIONAL.setdefault(cache, known)
+            if first and not known:
+                log.warning(
+                    "%s: the S3 endpoint %s ignores conditional writes (If-None-Match); commit markers are "
+                    "last-writer-wins here, so a stale writer is fenced only by the run layer and the "
+                    "cleanup grace period",
+                    self.url,
+                    _s3_endpoint() or "AWS S3",
+                )
+        return known
+
+    def _probe(self) -> bool:
+        """PUT a fresh `_probe/` key with If-None-Match twice: honoured if the second is refused."""
+        key = f"_probe/{uuid.uuid4().hex}"
+        try:
+            for _ in (1, 2):
+                self._put(key, b"probe", if_none_match=True)
+        except _Refused:
+            return True  # the second PUT, or a retry of the first whose first try had landed
+        except _Unsupported:
+            return False
+        finally:
+            self.delete(key)
+        return False
+
+    def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
+        """PUT with If-None-Match: * (tag None) or If-Match: tag; a 412/409 means someone else changed it.
+
+        On an endpoint that ignores those headers: read, compare, then put (racy; warned once).
+        """
+        if self.conditional_writes:
+            try:
+                self._put(key, data, if_none_match=tag is None, if_match=tag)
+                return True
+            except _Refused:
+                found = self.get_tagged(key)
+        else:
+            found = self.get_tagged(key)
+            if (None if found is None else found[1]) == tag:
+                self._put(key, data)
+                return True
+        return found is not None and found[0] == data
+
+    def _put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> None:
+        """One PutObject, conditional when asked: _Refused when the condition failed, _Unsupported when rejected."""
+        from botocore.exceptions import ClientError
+
+        bucket, obj = self._bucket_key(key)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": obj, "Body": data}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        elif if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            s3_client().put_object(**kwargs)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _PRECONDITION_CODES or (if_match is not None and code in ("NoSuchKey", "404")):
+                raise _Refused(code) from exc
+            if (if_none_match or if_match is not None) and code in ("NotImplemented", "501"):
+                raise _Unsupported(code) from exc
+            raise _client_error(self.url, "put_object", exc) from exc
+        except Exception as exc:
+            raise _store_error(self.url, "put_object", exc) from exc
 
     def put_many(self, items: dict[str, bytes]) -> None:
         """Concurrent PUTs (s3fs batches them; objects over 100 MB go multipart)."""
@@ -299,6 +523,29 @@ class _BoundedFS:
                 raise _store_error(self._url, name, exc) from exc
 
         return call
+
+
+class _Refused(Exception):
+    """A conditional PUT's precondition did not hold (internal to S3Backend.put_if)."""
+
+
+class _Unsupported(Exception):
+    """The endpoint rejects conditional PUT headers outright (501 NotImplemented; internal to the probe)."""
+
+
+def _error_code(exc: Exception) -> str:
+    """The S3 error code of a botocore ClientError (or its HTTP status as a string)."""
+    response: dict[str, Any] = getattr(exc, "response", {}) or {}
+    code = response.get("Error", {}).get("Code")
+    return str(code or response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _client_error(url: str, operation: str, exc: Exception) -> StoreError:
+    """A one-line StoreError for an S3 error answer: denied becomes "access denied", the rest name the code."""
+    code = _error_code(exc)
+    if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return _store_error(url, operation, PermissionError(" ".join(str(exc).split())))
+    return _store_error(url, operation, exc)
 
 
 def _store_error(url: str, operation: str, exc: Exception) -> StoreError:

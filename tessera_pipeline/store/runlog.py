@@ -6,7 +6,9 @@ Keys (relative to the store root, specified in docs/formats.md, section 7):
     _run/runs/{run_id}/run.json           the resolved run config, checkpoint identity, plan summary
     _run/runs/{run_id}/plan.tsv.gz        the planned tiles, largest first: "year<TAB>tile<TAB>pixels"
     _run/runs/{run_id}/progress.json      the driver's latest progress snapshot (throughput by class)
-    _run/failures/{year}/{tile}.json      a tile that failed permanently (reason, message, attempts)
+    _run/lease.json                       the driver holding the store (run/lease.py): one driver per store
+    _run/failures/{year}/{tile}.json        a tile that failed permanently (bad input): only --retry-failed retries it
+    _run/failures/{year}/{tile}.retry.json  a tile whose transient failures used up its attempts: resume retries it
 
 Commit markers stay the only definition of "complete"; a failure record is deleted when its tile
 is later committed, and any record whose tile has a marker is ignored by readers.
@@ -35,6 +37,8 @@ RUN_PREFIX = "_run"
 RUN_FORMAT = "tessera-run/1"
 CURRENT_KEY = f"{RUN_PREFIX}/current.json"
 FAILURES_PREFIX = f"{RUN_PREFIX}/failures"
+#: Failure kinds and the suffix of their record keys (the kind is in the key so a listing tells it, no GETs).
+FAILURE_SUFFIXES = {"permanent": ".json", "exhausted": ".retry.json"}
 
 
 def new_run_id() -> str:
@@ -47,9 +51,23 @@ def run_key(run_id: str, name: str) -> str:
     return f"{RUN_PREFIX}/runs/{run_id}/{name}"
 
 
-def failure_key(year: int, tile: str) -> str:
-    """Key of a tile's failure record."""
-    return f"{FAILURES_PREFIX}/{layout.check_year(year)}/{layout.check_tile(tile)}.json"
+def failure_key(year: int, tile: str, kind: str = "permanent") -> str:
+    """Key of a tile's failure record of one kind (`permanent` or `exhausted`)."""
+    return f"{FAILURES_PREFIX}/{layout.check_year(year)}/{layout.check_tile(tile)}{FAILURE_SUFFIXES[kind]}"
+
+
+@dataclass(frozen=True)
+class FailedTile:
+    """A failure record as a listing shows it: the tile and the kind of failure."""
+
+    year: int
+    tile: str
+    kind: str
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """(year, tile)."""
+        return (self.year, self.tile)
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,11 @@ class RunLog:
         """A run's record (the current run by default); StoreError when there is none."""
         run_id = run_id or self.current_run_id()
         if run_id is None:
+            root = getattr(self.backend, "root", None)
+            if root is not None and not root.exists():
+                raise StoreError(f"{self.backend.url} does not exist")
+            if self.backend.get("zarr.json") is None:
+                raise StoreError(f"{self.backend.url} holds no embedding store (no zarr.json, no run record)")
             raise StoreError(f"{self.backend.url} holds no run record: start one with `tessera-pipeline run`")
         doc = self._json(run_key(run_id, "run.json"))
         if doc is None:
@@ -153,24 +176,40 @@ class RunLog:
     # --- failures ------------------------------------------------------------------------
 
     def record_failure(self, year: int, tile: str, record: dict[str, Any]) -> None:
-        """Write (or replace) a tile's failure record."""
-        doc = {"year": year, "tile": tile, "failed_at": datetime.now(timezone.utc).isoformat(), **record}
-        self.backend.put_atomic(failure_key(year, tile), _dump(doc))
+        """Write (or replace) a tile's failure record; `record["kind"]` is `permanent` (default) or `exhausted`."""
+        kind = "exhausted" if record.get("kind") == "exhausted" else "permanent"
+        doc = {"year": year, "tile": tile, "failed_at": datetime.now(timezone.utc).isoformat(), **record, "kind": kind}
+        self.backend.put_atomic(failure_key(year, tile, kind), _dump(doc))
+        for other in FAILURE_SUFFIXES:
+            if other != kind:
+                self.backend.delete(failure_key(year, tile, other))
 
     def clear_failure(self, year: int, tile: str) -> None:
-        """Delete a tile's failure record (after it was committed)."""
-        self.backend.delete(failure_key(year, tile))
+        """Delete a tile's failure records (after it was committed)."""
+        for kind in FAILURE_SUFFIXES:
+            self.backend.delete(failure_key(year, tile, kind))
 
-    def failed_tiles(self, year: int | None = None) -> list[tuple[int, str]]:
-        """(year, tile) of every failure record, from one listing."""
+    def failed_tiles(self, year: int | None = None) -> list[FailedTile]:
+        """Every failure record with its kind, from one listing (no GETs)."""
         prefix = FAILURES_PREFIX if year is None else f"{FAILURES_PREFIX}/{layout.check_year(year)}"
-        found: list[tuple[int, str]] = []
+        found: dict[tuple[int, str], FailedTile] = {}
+        retry_suffix = FAILURE_SUFFIXES["exhausted"]
         for key in self.backend.list_keys(prefix):
             parts = key.split("/")
-            if len(parts) == 4 and parts[2].isdigit() and parts[3].endswith(".json"):
-                found.append((int(parts[2]), parts[3][: -len(".json")]))
-        return sorted(found)
+            if len(parts) != 4 or not parts[2].isdigit() or not parts[3].endswith(".json"):
+                continue
+            name = parts[3]
+            kind = "exhausted" if name.endswith(retry_suffix) else "permanent"
+            tile = name[: -len(retry_suffix)] if kind == "exhausted" else name[: -len(".json")]
+            if layout.is_tile(tile):
+                entry = FailedTile(int(parts[2]), tile, kind)
+                found.setdefault(entry.key, entry)
+        return sorted(found.values(), key=lambda f: f.key)
 
-    def failure(self, year: int, tile: str) -> dict[str, Any] | None:
-        """A tile's failure record, or None."""
-        return self._json(failure_key(year, tile))
+    def failure(self, year: int, tile: str, kind: str | None = None) -> dict[str, Any] | None:
+        """A tile's failure record (of `kind`, or whichever exists), or None."""
+        for k in ([kind] if kind else list(FAILURE_SUFFIXES)):
+            doc = self._json(failure_key(year, tile, k))
+            if doc is not None:
+                return doc
+        return None

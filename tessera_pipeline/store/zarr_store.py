@@ -1,9 +1,12 @@
 """The Zarr v3 embedding store: versioned per-tile writes, a commit marker written last, readers
 that resolve the marker first. The protocol and layout are specified in docs/formats.md.
 
-Write: arrays go into a fresh, immutable version group `{year}/{tile}/{version}`; once they are
-durable, one small marker `_commits/{year}/{tile}.json` (checksums, shape, georeference,
-provenance) is put atomically, naming that version; superseded versions are then deleted.
+Write: read the marker and its tag; arrays go into a fresh, immutable version group
+`{year}/{tile}/{version}`; once they are durable, one small marker `_commits/{year}/{tile}.json`
+(checksums, shape, georeference, provenance) naming that version is put atomically *only if the
+marker is still the one read* (`put_if`). A writer that lost that race deletes its own version and
+raises CommitConflictError; a winner deletes the version it replaced and old debris, never a
+version the marker names nor one younger than the cleanup grace period (a write in progress).
 Read: resolve the marker, read the version it names, re-read the marker; if it moved, retry.
 """
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from tessera_pipeline import __version__
 from tessera_pipeline.errors import (
+    CommitConflictError,
     StoreConflictError,
     StoreError,
     StoreIntegrityError,
@@ -43,6 +47,9 @@ log = logging.getLogger(__name__)
 EMBEDDING_CHUNK = 128
 SCALES_NODATA = float("nan")
 READ_RETRIES = 5
+#: Seconds during which an uncommitted version is presumed to be a write in progress: cleanup
+#: keeps it. Writes take seconds once encoded, so 15 minutes is far beyond any live writer.
+CLEANUP_GRACE_S = 900.0
 
 Window = tuple[slice, slice]
 
@@ -283,7 +290,11 @@ def _encode_version(
 
 
 class TileStore:
-    """A Zarr v3 embedding store at a local path or `s3://bucket/prefix`, one writer per tile."""
+    """A Zarr v3 embedding store at a local path or `s3://bucket/prefix`; racing writers of a tile are fenced.
+
+    `cleanup_grace_s`: uncommitted versions younger than this are never deleted (they may be writes
+    in progress). `hook` is called with the name of each stage of a write (tests pause or crash there).
+    """
 
     def __init__(
         self,
@@ -291,10 +302,12 @@ class TileStore:
         *,
         durable: bool = True,
         hook: Callable[[str], None] | None = None,
+        cleanup_grace_s: float = CLEANUP_GRACE_S,
     ) -> None:
         self.backend: Backend = open_backend(str(url))
         self.url = self.backend.url
         self.durable = durable
+        self.cleanup_grace_s = float(cleanup_grace_s)
         self._hook = hook
         self._zstore: Any = None
 
@@ -330,8 +343,8 @@ class TileStore:
         wanted = root_attributes(model_attrs)
         existing = self.root_attrs()
         if existing is None:
-            self.backend.put_atomic("zarr.json", _group_json(wanted))
-            log.info("created store %s", self.url)
+            if self.backend.put_if("zarr.json", _group_json(wanted), tag=None):
+                log.info("created store %s", self.url)
             existing = self.root_attrs() or wanted
         self._check_model(existing, wanted)
         return existing
@@ -385,7 +398,11 @@ class TileStore:
         transform: tuple[float, ...],
         provenance: Mapping[str, Any] | None = None,
     ) -> CommitRecord:
-        """Write one tile into a fresh version, commit it with a marker, then drop superseded versions."""
+        """Write one tile into a fresh version, commit it with a fenced marker, then drop the version it replaced.
+
+        Raises CommitConflictError (after deleting this write's version) when another writer
+        committed the tile between this write's read of the marker and its marker put.
+        """
         t0 = time.perf_counter()
         root = self.root_attrs()
         if root is None:
@@ -397,7 +414,10 @@ class TileStore:
 
         self._ensure_group(layout.year_key(year), {"tessera:year": year})
         self._ensure_group(layout.tile_key(year, tile), {"tessera:tile": tile, "tessera:year": year})
-        version = layout.new_version(after=self._current_version(year, tile))
+        mkey = layout.marker_key(year, tile)
+        replaced = self.backend.get_tagged(mkey)
+        replaced_version = None if replaced is None else self._marker_version(tile, replaced[0])
+        version = layout.new_version(after=replaced_version)
         vkey = layout.version_key(year, tile, version)
         prov = _plain_json(
             {
@@ -458,12 +478,12 @@ class TileStore:
             "provenance": prov,
             "store_write_s": round(write_s, 4),
         }
-        self.backend.put_atomic(
-            layout.marker_key(year, tile), json.dumps(marker, indent=1, sort_keys=True, allow_nan=False).encode()
-        )
+        body = json.dumps(marker, indent=1, sort_keys=True, allow_nan=False).encode()
+        if not self.backend.put_if(mkey, body, tag=None if replaced is None else replaced[1]):
+            self._lost(year, tile, version)
         self._stage("committed")
         self._set_current_hint(year, tile, version)
-        self.cleanup(year, tile, current=version)
+        self.cleanup(year, tile, current=version, superseded=replaced_version)
         log.info("committed %s/%s as %s in %.2f s", year, tile, version, write_s)
         return CommitRecord(year, tile, version, self.url, height, width, dims, emb.nbytes + sc.nbytes, write_s)
 
@@ -483,36 +503,71 @@ class TileStore:
             raise StoreError(f"transform must be north-up (a, 0, c, 0, e<0, f), got {transform}", tile=tile)
         return np.ascontiguousarray(emb), np.ascontiguousarray(sc, dtype=np.float32), t  # type: ignore[return-value]
 
-    def _current_version(self, year: int, tile: str) -> str | None:
-        """The committed version id, or None (also when the marker is unreadable: a rewrite repairs it)."""
+    @staticmethod
+    def _marker_version(tile: str, raw: bytes) -> str | None:
+        """The version a marker's bytes name, or None when unreadable (a rewrite repairs it)."""
         try:
-            marker = self.marker(year, tile)
-        except StoreIntegrityError as exc:
-            log.warning("replacing a tile with an unreadable marker: %s", exc)
+            marker = json.loads(raw)
+            version = marker.get("version") if marker.get("format") == layout.COMMIT_FORMAT else None
+        except (ValueError, AttributeError):
+            version = None
+        if not isinstance(version, str) or not layout.is_version(version):
+            log.warning("tile %s: replacing a tile with an unreadable marker", tile)
             return None
-        return None if marker is None else str(marker.get("version"))
+        return version
+
+    def _lost(self, year: int, tile: str, version: str) -> None:
+        """Another writer committed first: delete our unnamed version and raise CommitConflictError."""
+        self.backend.delete_tree(layout.version_key(year, tile, version))
+        try:
+            winner = self.marker(year, tile) or {}
+        except StoreIntegrityError:
+            winner = {}
+        current = winner.get("version")
+        checkpoint = (winner.get("provenance") or {}).get("checkpoint_sha256")
+        log.info("%s/%s: another writer committed %s first; discarded %s", year, tile, current, version)
+        raise CommitConflictError(
+            f"commit conflict in {year}: another writer committed version {current} (checkpoint {checkpoint}) "
+            f"first; this write's version {version} was discarded",
+            tile=tile,
+            current_version=None if current is None else str(current),
+            current_checkpoint_sha256=None if checkpoint is None else str(checkpoint),
+        )
 
     def _set_current_hint(self, year: int, tile: str, version: str) -> None:
         """Record the current version in the tile group's attributes, for zarr/xarray browsing only."""
         attrs = {"tessera:tile": tile, "tessera:year": year, "tessera:current_version": version}
         self.backend.put_atomic(f"{layout.tile_key(year, tile)}/zarr.json", _group_json(attrs))
 
-    def cleanup(self, year: int, tile: str, *, current: str | None = None) -> list[str]:
-        """Delete versions older than the committed one (superseded or from crashed writers)."""
-        if current is None:
+    def cleanup(
+        self, year: int, tile: str, *, current: str | None = None, superseded: str | None = None
+    ) -> list[str]:
+        """Delete versions no marker names: `superseded` (the one a commit replaced) and debris past the grace period.
+
+        Kept: the version the marker names now, `current` (the caller's own commit), and every
+        version younger than `cleanup_grace_s`, which may be another writer's write in progress.
+        Returns the deleted version ids.
+        """
+        try:
             marker = self.marker(year, tile)
-            if marker is None:
-                return []
-            current = str(marker["version"])
+        except StoreIntegrityError:
+            marker = None
+        named = None if marker is None else str(marker.get("version"))
+        if named is None and current is None:
+            return []
+        keep = {named, current}
+        now = datetime.now(timezone.utc)
         stale = [
             name
             for name in self.backend.list_children(layout.tile_key(year, tile))
-            if layout.is_version(name) and name < current
+            if layout.is_version(name)
+            and name not in keep
+            and (name == superseded or (now - layout.version_time(name)).total_seconds() > self.cleanup_grace_s)
         ]
         for name in stale:
             self.backend.delete_tree(layout.version_key(year, tile, name))
         if stale:
-            log.info("deleted %d superseded version(s) of %s/%s", len(stale), year, tile)
+            log.info("deleted %d unnamed version(s) of %s/%s", len(stale), year, tile)
         return stale
 
     # --- read ------------------------------------------------------------------------

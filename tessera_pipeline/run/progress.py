@@ -1,0 +1,259 @@
+"""What a run reports: the progress snapshot, the outcome, Ray metrics, and the writer that keeps the
+driver's records in the store without ever blocking or ending the scheduling loop.
+
+Failure records, their clearing and progress snapshots are queued to `RecordWriter`, a background
+thread that retries each with backoff until it lands (the latest operation per key wins). A store
+that throttles or is down for minutes delays the records; it never stops the run, and `flush` at the
+end says how many could not be written (status then shows those tiles as pending, never wrong-done).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera_pipeline.store.runlog import RunLog
+
+log = logging.getLogger(__name__)
+
+#: Backoff of the record writer after a failed store write: first, cap (seconds).
+WRITER_BACKOFF_S = (0.5, 30.0)
+
+
+@dataclass
+class ClassStats:
+    """Throughput of one hardware class during this driver's life."""
+
+    tiles: int = 0
+    pixels: int = 0
+    encode_s: float = 0.0
+    actors: int = 0
+
+
+@dataclass
+class RunProgress:
+    """A snapshot the CLI draws and the store keeps (as JSON) for `status`."""
+
+    run_id: str
+    total: int
+    already_complete: int
+    complete: int = 0
+    failed: int = 0
+    inflight: int = 0
+    retrying: int = 0
+    pixels_total: int = 0
+    pixels_done: int = 0
+    planned_pixels_done: int = 0
+    elapsed_s: float = 0.0
+    by_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    retries_by_reason: dict[str, int] = field(default_factory=dict)
+    actors: int = 0
+    threads_by_class: dict[str, list[int]] = field(default_factory=dict)
+    quarantined: int = 0
+    paused: bool = False
+    pause_reason: str = ""
+    given_up_nodes: list[dict[str, Any]] = field(default_factory=list)
+    unwritten_records: int = 0
+    checkpoint_loads: int = 0
+    checkpoint_transfers: int = 0
+    checkpoint_bytes: int = 0
+    finished: bool = False
+
+    @property
+    def pending(self) -> int:
+        """Tiles of this session's work not yet complete or failed."""
+        return self.total - self.complete - self.failed
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, from the share of planned pixels done so far (tiles weigh by their size)."""
+        if self.planned_pixels_done <= 0 or self.elapsed_s <= 0 or self.pixels_total <= 0:
+            return None
+        done = min(self.planned_pixels_done / self.pixels_total, 1.0)
+        return self.elapsed_s * (1.0 - done) / done
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for the store's progress record."""
+        return {
+            "run_id": self.run_id, "total": self.total, "already_complete": self.already_complete,
+            "complete": self.complete, "failed": self.failed, "pending": self.pending, "inflight": self.inflight,
+            "retrying": self.retrying, "pixels_total": self.pixels_total, "pixels_done": self.pixels_done,
+            "planned_pixels_done": self.planned_pixels_done,
+            "elapsed_s": round(self.elapsed_s, 3), "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "by_class": self.by_class, "failed_by_reason": self.failed_by_reason,
+            "retries_by_reason": self.retries_by_reason, "actors": self.actors,
+            "threads_by_class": self.threads_by_class, "quarantined": self.quarantined, "paused": self.paused,
+            "pause_reason": self.pause_reason, "given_up_nodes": self.given_up_nodes,
+            "unwritten_records": self.unwritten_records, "checkpoint_loads": self.checkpoint_loads,
+            "checkpoint_transfers": self.checkpoint_transfers, "checkpoint_bytes": self.checkpoint_bytes,
+            "finished": self.finished,
+            "updated_at": time.time(),
+        }
+
+
+@dataclass
+class RunOutcome:
+    """What a driver session did: the final progress, and each actor's encode intervals (for idle time)."""
+
+    progress: RunProgress
+    intervals: dict[str, list[tuple[float, float]]]
+
+    def idle_fraction(self) -> dict[str, float]:
+        """Per actor: time between consecutive encodes over the time from first encode start to last end."""
+        out: dict[str, float] = {}
+        for worker, spans in self.intervals.items():
+            spans = sorted(s for s in spans if s[1] > s[0])
+            if len(spans) < 2:
+                continue
+            starts, ends = np.array([s[0] for s in spans]), np.array([s[1] for s in spans])
+            gaps = np.clip(starts[1:] - ends[:-1], 0, None).sum()
+            out[worker] = float(gaps / max(ends[-1] - starts[0], 1e-9))
+        return out
+
+
+class Metrics:
+    """Counters for the Ray dashboard / Prometheus (`ray.util.metrics`); silently absent if unavailable."""
+
+    def __init__(self, run_id: str) -> None:
+        try:
+            from ray.util.metrics import Counter as RayCounter
+            from ray.util.metrics import Gauge
+
+            tags = ("run_id", "hw_class")
+            self.done = RayCounter("tessera_tiles_completed", "Tiles committed", tag_keys=tags)
+            self.pixels = RayCounter("tessera_pixels_encoded", "Pixels committed", tag_keys=tags)
+            self.failed = RayCounter("tessera_tiles_failed", "Tiles failed for good", tag_keys=("run_id", "reason"))
+            self.retried = RayCounter("tessera_tiles_retried", "Transient failures retried", tag_keys=("run_id", "reason"))
+            self.pending = Gauge("tessera_tiles_pending", "Tiles not yet complete or failed", tag_keys=("run_id",))
+            self.run_id = run_id
+            self.ok = True
+        except Exception as exc:  # metrics are a nicety; the run must not depend on them
+            log.debug("no Ray metrics: %s", exc)
+            self.ok = False
+
+    def completed(self, hw_class: str, pixels: int) -> None:
+        """Count a committed tile."""
+        if self.ok:
+            self.done.inc(1, {"run_id": self.run_id, "hw_class": hw_class})
+            if pixels > 0:
+                self.pixels.inc(pixels, {"run_id": self.run_id, "hw_class": hw_class})
+
+    def failure(self, reason: str, *, final: bool) -> None:
+        """Count a failure (final or retried)."""
+        if self.ok:
+            (self.failed if final else self.retried).inc(1, {"run_id": self.run_id, "reason": reason})
+
+    def set_pending(self, n: int) -> None:
+        """Publish the pending count."""
+        if self.ok:
+            self.pending.set(n, {"run_id": self.run_id})
+
+
+@dataclass
+class _Op:
+    """One pending store write: a failure record (doc) or its deletion (doc None)."""
+
+    apply: Callable[[], None]
+    label: str
+    tries: int = 0
+    next_at: float = 0.0
+
+
+class RecordWriter:
+    """Writes the driver's failure records and progress snapshots in the background, retrying each until it lands.
+
+    `record_failure`, `clear_failure` and `save_progress` return at once; for each tile only the latest
+    operation is kept, so a record cleared before it was written is never written.
+    """
+
+    def __init__(self, runlog: RunLog, run_id: str) -> None:
+        self.runlog = runlog
+        self.run_id = run_id
+        self._ops: dict[Any, _Op] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self.failures = 0
+        self._thread = threading.Thread(target=self._loop, name="tessera-record-writer", daemon=True)
+        self._thread.start()
+
+    def _put(self, key: Any, op: _Op) -> None:
+        with self._cond:
+            self._ops[key] = op
+            self._cond.notify()
+
+    def record_failure(self, year: int, tile: str, doc: dict[str, Any]) -> None:
+        """Queue a tile's failure record (replacing any queued operation for the tile)."""
+        self._put(("tile", year, tile), _Op(lambda: self.runlog.record_failure(year, tile, doc),
+                                            f"failure record of {year}/{tile}"))
+
+    def clear_failure(self, year: int, tile: str) -> None:
+        """Queue the deletion of a tile's failure record (after it was committed)."""
+        self._put(("tile", year, tile), _Op(lambda: self.runlog.clear_failure(year, tile),
+                                            f"clearing the failure record of {year}/{tile}"))
+
+    def save_progress(self, snapshot: dict[str, Any]) -> None:
+        """Queue the run's progress snapshot (only the newest is ever written)."""
+        self._put(("progress",), _Op(lambda: self.runlog.save_progress(self.run_id, snapshot), "progress snapshot"))
+
+    @property
+    def pending(self) -> int:
+        """Operations not yet written."""
+        with self._cond:
+            return len(self._ops)
+
+    def _next(self) -> tuple[Any, _Op] | None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                due = [(k, op) for k, op in self._ops.items() if op.next_at <= now]
+                if due:
+                    return min(due, key=lambda kv: kv[1].next_at)
+                wait = min((op.next_at for op in self._ops.values()), default=now + 1.0) - now
+                self._cond.wait(timeout=max(0.01, min(wait, 1.0)))
+            return None
+
+    def _loop(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            key, op = item
+            try:
+                op.apply()
+            except Exception as exc:  # any store error: keep the operation and try again later
+                self.failures += 1
+                op.tries += 1
+                first, cap = WRITER_BACKOFF_S
+                op.next_at = time.monotonic() + min(cap, first * 2 ** (op.tries - 1))
+                log.warning("could not write the %s (try %d, retrying): %s", op.label, op.tries,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                continue
+            with self._cond:
+                if self._ops.get(key) is op:
+                    del self._ops[key]
+
+    def flush(self, timeout_s: float) -> int:
+        """Keep writing until nothing is pending or `timeout_s` passed; stop the thread; return what is left."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            for op in self._ops.values():
+                op.next_at = min(op.next_at, time.monotonic())
+            self._cond.notify()
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+            left = len(self._ops)
+        self._thread.join(timeout=5)
+        if left:
+            log.error("%d run record(s) could not be written to the store; `status` shows those tiles as pending, "
+                      "and `resume` schedules them again", left)
+        return left
