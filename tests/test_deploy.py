@@ -333,3 +333,32 @@ def test_operations_docs_name_real_commands_and_files() -> None:
     assert subcommands <= set(COMMANDS), subcommands - set(COMMANDS)
     for path in set(re.findall(r"\b((?:deploy|docs|tessera_pipeline)/[\w./-]*\w)", text)):
         assert (ROOT / path).exists(), path
+
+
+def _demand(run_config: dict[str, Any]) -> dict[str, int]:
+    return {cls: int(v["max_actors"]) for cls, v in run_config["node_types"].items() if v.get("max_actors")}
+
+
+def test_the_fleet_follows_the_run_on_azure_and_kuberay() -> None:
+    """Each class the shipped run configs ask for by demand has a node type (group) declaring its resource that
+    the autoscaler may start from zero, enough of them for the actors, and the run configs validate."""
+    from tessera_pipeline.run.config import build_config
+
+    base = {"input": "s3://i", "store": "s3://s", "checkpoint": "c.pt", "year": 2024}
+    azure_run = yaml.safe_load((DEPLOY / "azure" / "run-config.yml").read_text())
+    build_config({**base, **azure_run})
+    cluster = yaml.safe_load((DEPLOY / "azure" / "cluster.yaml").read_text())
+    types = {_node_class(n): n for name, n in cluster["available_node_types"].items() if name != cluster["head_node_type"]}
+    for cls, actors in _demand(azure_run).items():
+        node = types[cls]
+        per_node = node["resources"].get("GPU") or node["resources"]["CPU"] // azure_run["node_types"][cls]["cpus_per_actor"]
+        assert node["min_workers"] == 0 and node["max_workers"] * per_node >= actors, (cls, node)
+    docs = list(yaml.safe_load_all((DEPLOY / "kuberay" / "raycluster.yaml").read_text()))
+    ray_cluster = next(d for d in docs if d and d.get("kind") == "RayCluster")
+    assert ray_cluster["spec"]["enableInTreeAutoscaling"] is True
+    run_config = yaml.safe_load(next(d for d in docs if d and d.get("kind") == "ConfigMap")["data"]["run.yaml"])
+    build_config({**base, **run_config})
+    groups = {g["groupName"]: g for g in ray_cluster["spec"]["workerGroupSpecs"]}
+    for cls in _demand(run_config):
+        group = next(g for g in groups.values() if f"tessera_class:{cls}" in g["rayStartParams"]["resources"])
+        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1, cls

@@ -76,6 +76,27 @@ def test_bad_input_fails_only_its_tile_and_retry_failed_completes_it(local_ray: 
     assert code == 0 and '"failed": 0' in out
 
 
+def test_exhausted_tiles_are_retried_by_default_permanent_ones_on_request(local_ray: None, work: Path) -> None:
+    from tessera_pipeline.store.runlog import RunLog
+
+    start(config(work), tileset())
+    store = TileStore(str(work / "store.zarr"))
+    runlog = RunLog(store.backend)
+    for tile, kind in ((TILES[0], "exhausted"), (TILES[1], "permanent")):
+        store.backend.delete(f"_commits/{YEAR}/{tile}.json")
+        runlog.record_failure(YEAR, tile, {"reason": "io-error" if kind == "exhausted" else "bad-input:DtypeError",
+                                           "kind": kind, "message": "from an earlier session"})
+    again = start(config(work), tileset())
+    assert (again.todo, again.skipped_failed, again.failed_in_plan) == (1, 1, 1)
+    assert store.is_complete(YEAR, TILES[0]) and not store.is_complete(YEAR, TILES[1])
+    assert [f.tile for f in runlog.failed_tiles()] == [TILES[1]], "a committed tile's record is cleared"
+    other = start(config(work), tileset(), retry_failed=True, retry_reason="bad-input:CorruptFileError")
+    assert (other.todo, other.skipped_failed) == (0, 1), "--reason picks which permanent failures to retry"
+    chosen = start(config(work), tileset(), retry_failed=True, retry_reason="bad-input")
+    assert chosen.todo == 1 and chosen.outcome is not None and chosen.outcome.progress.complete == 1
+    assert runlog.failed_tiles() == []
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

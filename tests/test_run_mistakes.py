@@ -4,6 +4,7 @@ and `reprocess` without `--checkpoint`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -64,6 +65,12 @@ def test_failures_from_an_earlier_session_keep_the_exit_code_1_and_say_how_to_re
     assert again.returncode == 1, again.stdout + again.stderr[-2000:]
     assert "4 tile(s) of this plan have failed" in again.stdout and "--retry-failed" in again.stdout, again.stdout
     assert " E " not in again.stderr and "core_worker" not in again.stderr, again.stderr[-3000:]
+    dashboard = _cli(*_run_args(work, "--dashboard"))
+    if importlib.util.find_spec("aiohttp_cors") is None:
+        line = _one_error_line(dashboard)
+        assert dashboard.returncode == 2 and "tessera-pipeline[dashboard]" in line, line
+    else:
+        assert dashboard.returncode == 1 and "Ray dashboard: http://" in dashboard.stderr, dashboard.stderr[-2000:]
     resumed = _cli("resume", "--store", str(work / "store.zarr"), "--local-cpus", "2")
     assert resumed.returncode == 1 and "--retry-failed" in resumed.stdout, resumed.stdout + resumed.stderr[-2000:]
     status = _cli("status", "--store", str(work / "store.zarr"), "--json")

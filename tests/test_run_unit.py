@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,51 @@ def test_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
     assert {e["hw_class"] for e in doc["estimates"]} >= {"cpu-amx", "cuda-T4"}
     assert doc["missing_inputs"] == 1, "one of the four planned tiles has no inputs"
     assert not store.exists()
+
+
+class _FakeHandle:
+    """Stands in for an actor handle: `process.remote(req)` records the request and returns a token."""
+
+    def __init__(self, sent: list[tuple[str, str]], key: str) -> None:
+        self.process = self
+        self.sent, self.key = sent, key
+
+    def remote(self, req: Any) -> tuple[str, str]:
+        self.sent.append((self.key, req.tile))
+        return (self.key, req.tile)
+
+
+class _FakePool:
+    def __init__(self, slots: list[Any]) -> None:
+        self.slots = slots
+
+    def ready(self) -> list[Any]:
+        return [s for s in self.slots if s.state == "ready"]
+
+    def live(self) -> list[Any]:
+        return list(self.slots)
+
+
+def test_a_due_retry_avoided_by_the_first_actor_goes_to_the_next_idle_one(tmp_path: Path) -> None:
+    """The end-of-run stall: the first actor must not take the retry (it timed out on it) and has nothing
+    else; the loop must go on to the other idle actor instead of returning for all of them."""
+    from tessera_pipeline.run.pool import ActorSlot
+    from tessera_pipeline.run.progress import RecordWriter
+    from tessera_pipeline.run.scheduler import Scheduler
+
+    sent: list[tuple[str, str]] = []
+    policy = builtin_policy("cpu-x86_64")
+    slots = [ActorSlot(key, "node", policy, SPEC, _FakeHandle(sent, key), None, state="ready") for key in ("A", "B")]
+    plan = plan_tiles(tileset(TILES[:1]), YEAR)
+    runlog = RunLog(LocalBackend(tmp_path / "s.zarr"))
+    records = RecordWriter(runlog, "r")
+    try:
+        sched = Scheduler(run_id="r", todo=plan, already_complete=0, pool=_FakePool(slots), records=records,  # type: ignore[arg-type]
+                          known_failures=set(), config=build_config({**BASE, "window": 1}))
+        sched.queue.clear()
+        sched.retry_heap.append((0.0, 0))
+        sched.avoid[0].add("A")
+        sched._assign(now=1.0)
+    finally:
+        records.flush(1.0)
+    assert sent == [("B", TILES[0])]

@@ -8,6 +8,7 @@ from tessera_pipeline.cli.console import make_console
 from tessera_pipeline.cli.options import driver_options, retry_options
 from tessera_pipeline.cli.run import finish, interruptible
 from tessera_pipeline.cli.run_display import run_display
+from tessera_pipeline.errors import ConfigError
 
 
 @click.command("resume")
@@ -29,6 +30,9 @@ def resume(store: str, run_id: str | None, address: str | None, retry_failed: bo
     transient failures used up their attempts are retried. Exit code 1 while any planned tile has failed.
     """
     from tessera_pipeline.run.session import resume as resume_run
+
+    if reason and not retry_failed:
+        raise ConfigError("--reason picks which failed tiles --retry-failed retries: pass --retry-failed too")
 
     console = make_console(stderr=as_json)
     with interruptible(console, store), run_display(console, json_stdout=as_json) as on_progress:

@@ -120,6 +120,9 @@ def run(config_file: Path | None, input_root: str | None, store: str | None, che
     """
     from tessera_pipeline.run.session import start
 
+    if reason and not retry_failed:
+        raise ConfigError("--reason picks which failed tiles --retry-failed retries: pass --retry-failed too")
+
     config = resolve_config(config_file, {
         "input": input_root, "store": store, "checkpoint": checkpoint, "model": model, "data_source": data_source,
         "year": year, "region": region_dict(region), "address": address, "trust_checkpoint": trust_checkpoint,

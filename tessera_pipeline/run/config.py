@@ -27,6 +27,12 @@ class NodeTypePolicy(BaseModel):
     cores_per_actor: int | None = Field(default=None, ge=1, description="CPU classes: physical cores per actor.")
     device: str | None = Field(default=None, description="Force the torch device (e.g. 'cpu' to simulate a GPU class).")
     enabled: bool = True
+    max_actors: int | None = Field(default=None, ge=0, description="Ask Ray for up to this many actors of the class by "
+                                   "its `tessera_class:<class>` resource (Ray places them; pending ones are demand "
+                                   "the autoscaler starts nodes for); unset: actors per node as nodes appear")
+    cpus_per_actor: float | None = Field(default=None, gt=0, description="Logical CPUs each actor of the class asks "
+                                         "of Ray when placed by demand (default: 2 per physical core for CPU classes, "
+                                         "1 for GPU classes)")
 
 
 class RegionConfig(BaseModel):
@@ -85,6 +91,10 @@ class RunConfig(BaseModel):
     lease_ttl_s: float = Field(default=60.0, gt=0.0, description="The driver's lease on the store: heartbeat every "
                                "third of this; a driver silent for longer can be taken over with --takeover")
     node_types: dict[str, NodeTypePolicy] = Field(default_factory=dict)
+    max_actors: int | None = Field(default=None, ge=1, description="Fleet-wide cap on the actors asked of Ray by demand "
+                                   "(the sum of the classes' max_actors when unset)")
+    demand_memory: bool = Field(default=True, description="Actors asked of Ray by demand also ask for their memory; "
+                                "off where the autoscaler's node types do not declare memory")
 
     @field_validator("node_types")
     @classmethod

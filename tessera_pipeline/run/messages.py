@@ -17,7 +17,8 @@ from tessera_pipeline.run.failures import FailureInfo
 class WorkerSpec:
     """Everything an actor needs, decided by the driver: routing, precision, cores, where data lives.
 
-    `cores` empty means "not pinned": the actor then learns its cores on its own node (see `worker.pin_cores`).
+    `node_id` empty means "placed by Ray on demand": the actor then learns its node and, for a CPU class,
+    claims a free group of `cores_per_actor` physical cores there (see `worker.claim_cores`).
     """
 
     hw_class: str
@@ -39,6 +40,7 @@ class WorkerSpec:
     processor: str = "encode"
     processor_options: dict[str, Any] = field(default_factory=dict)
     log_level: int = logging.WARNING
+    cores_per_actor: int = 0
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,25 @@ class ClassPolicy:
     cores_per_actor: int
     device: str
     enabled: bool = True
+    max_actors: int | None = None
+    cpus_per_actor: float | None = None
 
     @property
     def is_gpu(self) -> bool:
         """True for `cuda-*` classes."""
         return self.hw_class.startswith("cuda-")
+
+    @property
+    def by_demand(self) -> bool:
+        """True when the class's actors are asked of Ray by resource (autoscaler demand), not placed per node."""
+        return bool(self.max_actors) and self.enabled
+
+    @property
+    def demand_cpus(self) -> float:
+        """Logical CPUs one demand-placed actor asks of Ray."""
+        if self.cpus_per_actor:
+            return float(self.cpus_per_actor)
+        return 1.0 if self.is_gpu else 2.0 * self.cores_per_actor
 
 
 def builtin_policy(hw_class: str) -> ClassPolicy:
@@ -69,6 +83,8 @@ def class_policy(hw_class: str, config: RunConfig) -> ClassPolicy:
         cores_per_actor=override.cores_per_actor or base.cores_per_actor,
         device=override.device or base.device,
         enabled=override.enabled,
+        max_actors=override.max_actors,
+        cpus_per_actor=override.cpus_per_actor,
     )
 
 

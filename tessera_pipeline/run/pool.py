@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera_pipeline.run.config import RunConfig
-from tessera_pipeline.run.policy import ClassPolicy, class_policy, declared_class
+from tessera_pipeline.run.policy import CLASS_RESOURCE_PREFIX, ClassPolicy, class_policy, declared_class
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.run.messages import WorkerSpec
 from tessera_pipeline.run.worker import TileWorker
@@ -201,6 +201,9 @@ class Pool:
         self.last_death = ""
         self.quarantined = 0
         self.checkpoint_loads: list[int] = []
+        self.demand = {cls: class_policy(cls, config) for cls in config.node_types
+                       if class_policy(cls, config).by_demand}
+        self._class_replacements: dict[str, deque[float]] = {}
 
     def _collect_probes(self, node_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Start probes of nodes that declare no class (all at once, in the background) and collect the finished
@@ -243,12 +246,13 @@ class Pool:
         self._last_refresh = now
         nodes = ray.nodes()
         alive = {str(n["NodeID"]): n for n in nodes if n.get("Alive")}
+        started: list[ActorSlot] = self._ensure_demand()
         for slot in self.slots.values():
-            if slot.node_id not in alive and slot.state != "dead":
+            if slot.spec.node_id and slot.node_id not in alive and slot.state != "dead":
                 log.warning("node %s is gone: dropping actor %s", slot.node_id[:8], slot.key)
                 self.kill(slot, restart=False)
                 self._dead_nodes.add(slot.node_id)
-        started: list[ActorSlot] = self._replace_lost(alive)
+        started += self._replace_lost(alive)
         new = [n for n in alive if n not in self._planned_nodes]
         if not new:
             return started
@@ -259,7 +263,7 @@ class Pool:
                 continue
             self._planned_nodes.add(node_id)
             plan = plan_node(alive[node_id], probes.get(node_id), self.config, self.base, self.memory_per_actor)
-            if plan is None:
+            if plan is None or plan.hw_class in self.demand:
                 continue
             self.node_classes[node_id] = plan.hw_class
             self._node_plans[node_id] = plan
@@ -290,6 +294,53 @@ class Pool:
                                            f"{REPLACEMENT_WINDOW_S / 60:.0f} min")
                     break
         return started
+
+    def _ensure_demand(self) -> list[ActorSlot]:
+        """Keep `max_actors` actors asked of Ray for each demand class (within the fleet-wide cap): Ray places
+        them where the class's resource is, and the autoscaler starts nodes for the ones it cannot place yet.
+        Actors that died for good are asked again, at most `MAX_REPLACEMENTS_PER_NODE` per class per window."""
+        if not self.demand:
+            return []
+        started: list[ActorSlot] = []
+        cap = self.config.max_actors
+        total = sum(1 for s in self.live() if s.policy.hw_class in self.demand)
+        now = time.monotonic()
+        for cls, policy in self.demand.items():
+            have = sum(1 for s in self.live() if s.policy.hw_class == cls)
+            ever = sum(1 for s in self.slots.values() if s.policy.hw_class == cls)
+            recent = self._class_replacements.setdefault(cls, deque())
+            while recent and now - recent[0] > REPLACEMENT_WINDOW_S:
+                recent.popleft()
+            for _ in range(int(policy.max_actors or 0) - have):
+                if cap is not None and total >= cap:
+                    break
+                if ever >= int(policy.max_actors or 0):
+                    if len(recent) >= MAX_REPLACEMENTS_PER_NODE * int(policy.max_actors or 0):
+                        break
+                    recent.append(now)
+                started.append(self._start_demand(cls, policy))
+                total += 1
+        return started
+
+    def _start_demand(self, hw_class: str, policy: ClassPolicy) -> ActorSlot:
+        """Ask Ray for one actor of a class by its resource; it joins the pool once placed and loaded."""
+        import ray
+
+        self._counter += 1
+        key = f"{hw_class}#{self._counter}"
+        spec = replace(self.base, hw_class=hw_class, node_id="", precision=policy.precision,
+                       batch_size=policy.batch_size, device=policy.device, cores=(), threads=0,
+                       cores_per_actor=policy.cores_per_actor)
+        handle = ray.remote(TileWorker).options(
+            num_cpus=policy.demand_cpus, num_gpus=1 if policy.is_gpu else 0,
+            memory=(self.memory_per_actor or None) if self.config.demand_memory else None, resources={f"{CLASS_RESOURCE_PREFIX}{hw_class}": 0.001}, max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=0, max_concurrency=self.config.window + 1,
+        ).remote(spec)
+        slot = ActorSlot(key, "", policy, spec, handle, handle.load.remote(self.checkpoint))
+        self.slots[key] = slot
+        log.info("asking Ray for a %s actor (%s, batch %d, %.1f CPUs%s)", hw_class, policy.precision,
+                 policy.batch_size, policy.demand_cpus, ", 1 GPU" if policy.is_gpu else "")
+        return slot
 
     def _give_up(self, node_id: str, reason: str) -> None:
         """Stop using a node (its actors are killed) and remember why, for `status` and the progress panel."""
@@ -348,6 +399,7 @@ class Pool:
                 continue
             slot.state = "ready"
             slot.head_since = time.monotonic()
+            slot.node_id = str(info.get("node_id") or slot.node_id)
             slot.threads = int(info.get("threads") or 0)
             slot.cores = tuple(info.get("cores") or ())
             slot.checkpoint_fetched_bytes = int(info.get("checkpoint_fetched_bytes") or 0)

@@ -151,6 +151,14 @@ def check_inputs(config: RunConfig, plan: PlannedTiles) -> tuple[int, list[str]]
     return len(missing), missing[:5]
 
 
+def check_dashboard() -> None:
+    """Refuse `--dashboard` up front when Ray's dashboard dependencies (`ray[default]`) are not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp_cors") is None:
+        raise RunError("--dashboard needs Ray's dashboard (ray[default]): pip install 'tessera-pipeline[dashboard]'")
+
+
 def connect(address: str | None, local_cpus: int | None, *, dashboard: bool = False) -> bool:
     """Join a cluster (`auto` or an address) or start a fresh local one; True when we started it."""
     import ray
@@ -165,10 +173,7 @@ def connect(address: str | None, local_cpus: int | None, *, dashboard: bool = Fa
             raise RunError(f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from exc
         return False
     if dashboard:
-        import importlib.util
-
-        if importlib.util.find_spec("aiohttp") is None:
-            raise RunError("--dashboard needs Ray's dashboard: pip install 'tessera-pipeline[dashboard]'")
+        check_dashboard()
     context = ray.init(address="local", num_cpus=local_cpus, include_dashboard=dashboard, **quiet)
     if dashboard and getattr(context, "dashboard_url", None):
         log.warning("Ray dashboard: http://%s", context.dashboard_url)
@@ -264,6 +269,8 @@ def start(
     faults this way; `noop` measures the driver); they are never saved in, or read from, the store.
     """
     processor_options = dict(processor_options or {})
+    if dashboard and not dry_run:
+        check_dashboard()
     plan = plan if plan is not None else plan_tiles(_require(tiles), config.year)
     if len(plan) == 0:
         raise RunError("the region selects no tile")
@@ -356,6 +363,8 @@ def resume(
     The checkpoint is loaded as safely as `run` loads it: pickled objects only with `trust_checkpoint`,
     which comes from this call (the command line), never from the store.
     """
+    if dashboard:
+        check_dashboard()
     store = TileStore(store_url)
     runlog = RunLog(store.backend)
     record = runlog.load_run(run_id)

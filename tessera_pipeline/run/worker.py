@@ -200,6 +200,43 @@ def pin_cores(cores: tuple[int, ...], threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+#: Where actors placed by demand claim their core group on a node: one lock file per group, held (flock) for the
+#: life of the process, so a restarted or replaced actor finds the group its predecessor freed.
+CORE_LOCK_DIR = Path(os.environ.get("TESSERA_CORE_LOCK_DIR", "/tmp/tessera-pipeline-cores"))
+
+
+def claim_cores(group: int) -> tuple[tuple[int, ...], int, Any]:
+    """Claim a free group of `group` physical cores on this node: (cores, threads, lock handle to keep open).
+
+    With fewer physical cores than a group, the group is all of them; when every group is taken (Ray
+    packed more actors than groups), the actor runs unpinned on as many threads as it has CPUs from Ray.
+    """
+    import fcntl
+
+    from tessera_pipeline.hardware import physical_cores
+
+    phys = list(physical_cores())
+    size = min(max(1, group), len(phys)) if phys else 1
+    CORE_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    for index in range(max(1, len(phys) // size)):
+        handle = open(CORE_LOCK_DIR / f"group-{size}-{index}.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        cores = tuple(phys[index * size:(index + 1) * size])
+        return cores, len(cores), handle
+    return (), max(1, size), None
+
+
+def ray_cpus() -> int:
+    """The CPUs Ray gave this actor (at least 1)."""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
 def torch_threads() -> int:
     """torch's intra-op thread count in this process (recorded in each tile's provenance)."""
     import torch
@@ -225,8 +262,19 @@ class TileWorker:
     """
 
     def __init__(self, spec: WorkerSpec) -> None:
+        from dataclasses import replace
+
+        import ray
+
         logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("tessera_pipeline").setLevel(spec.log_level)
+        self._core_lock: Any = None
+        if not spec.node_id:  # placed by Ray on demand: learn the node, claim cores there
+            cores, threads = (), ray_cpus()
+            if spec.device == "cpu" and spec.hw_class.startswith("cpu-"):
+                cores, threads, self._core_lock = claim_cores(spec.cores_per_actor)
+                threads = threads if cores else ray_cpus()
+            spec = replace(spec, node_id=str(ray.get_runtime_context().get_node_id()), cores=cores, threads=threads)
         pin_cores(spec.cores, spec.threads)
         self.spec = spec
         self.worker_id = f"{spec.hw_class}/{spec.node_id[:8]}/{os.getpid()}"
@@ -248,7 +296,7 @@ class TileWorker:
     def ready(self) -> dict[str, Any]:
         """Who this worker is, and whether it has loaded its checkpoint."""
         return {"worker_id": self.worker_id, "pid": os.getpid(), "hw_class": self.spec.hw_class,
-                "cores": pinned_cores(), "threads": torch_threads(), "precision": self.spec.precision,
+                "node_id": self.spec.node_id, "cores": pinned_cores(), "threads": torch_threads(), "precision": self.spec.precision,
                 "checkpoint_fetched_bytes": self.checkpoint_fetched, "loaded": self.processor is not None}
 
     def process(self, req: TileRequest) -> TileResult:
