@@ -27,7 +27,7 @@ from s3proxy import flaky_proxy
 pytestmark = pytest.mark.slow
 
 FORTY = [f"grid_{-1.95 + 0.1 * i:.2f}_{lat}" for lat in ("53.25", "53.35", "53.45", "53.55") for i in range(10)]
-TTL_S = 12.0
+TTL_S = 20.0
 
 
 def _cli(*args: str) -> list[str]:

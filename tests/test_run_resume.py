@@ -22,7 +22,7 @@ from run_support import TESTS_DIR, TILES, YEAR, assert_complete_once, make_input
 pytestmark = pytest.mark.slow
 
 SIX = [*TILES, "grid_-1.65_53.25", "grid_-1.65_53.35"]
-TTL_S = 4.0
+TTL_S = 15.0
 
 
 def _cli(*args: str) -> list[str]:

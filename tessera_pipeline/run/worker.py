@@ -125,7 +125,7 @@ class EncodeProcessor:
         tile, geometry = fetched
         prov = provenance(self.encoder, self.hw, tile, encoded)
         prov.update(hardware_class=self.spec.hw_class, node_id=self.spec.node_id, run_id=self.spec.run_id,
-                    attempt=req.attempt, threads=torch_threads(), cores=pinned_cores())
+                    attempt=req.attempt, threads=torch_threads(), cores=list(self.spec.cores))
         record = write_encoded_tile(
             self.spec.store_url, req.year, req.tile, encoded.embeddings, encoded.scales,
             epsg=geometry.epsg, transform=tuple(geometry.transform), provenance=prov, model_attrs=self.model_attrs,
@@ -244,15 +244,6 @@ def torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def pinned_cores() -> list[int]:
-    """The logical CPUs this process is pinned to, or [] when it may run on all of the machine's."""
-    try:
-        mine = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return []
-    return [] if len(mine) >= (os.cpu_count() or len(mine)) else sorted(mine)
-
-
 class TileWorker:
     """The actor body. `pool` creates it as a threaded Ray actor on one node, for one hardware class.
 
@@ -296,7 +287,7 @@ class TileWorker:
     def ready(self) -> dict[str, Any]:
         """Who this worker is, and whether it has loaded its checkpoint."""
         return {"worker_id": self.worker_id, "pid": os.getpid(), "hw_class": self.spec.hw_class,
-                "node_id": self.spec.node_id, "cores": pinned_cores(), "threads": torch_threads(), "precision": self.spec.precision,
+                "node_id": self.spec.node_id, "cores": list(self.spec.cores), "threads": torch_threads(), "precision": self.spec.precision,
                 "checkpoint_fetched_bytes": self.checkpoint_fetched, "loaded": self.processor is not None}
 
     def process(self, req: TileRequest) -> TileResult:
