@@ -85,23 +85,24 @@ def inspect_checkpoint(config: RunConfig) -> CheckpointInfo:
                           encoder.settings.data_source, os.path.getsize(path), attrs)
 
 
-def check_store(store: TileStore, ckpt: CheckpointInfo, *, create: bool, same_checkpoint: bool) -> None:
-    """Refuse a store made for another model (and, with `same_checkpoint`, another checkpoint) before any work."""
+def check_store(store: TileStore, ckpt: CheckpointInfo, *, same_checkpoint: bool) -> None:
+    """Refuse a store made for another model (and, with `same_checkpoint`, another checkpoint) before any work.
+
+    Writes nothing: the store's root is created only once the driver holds the store's lease."""
     root = store.root_attrs()
-    if root is not None:
-        have = root["tessera:model"]
-        for key in ("model_version", "dimensions"):
-            if str(have.get(key)) != str(ckpt.model_attrs.get(key)):
-                raise StoreConflictError(f"{store.url} holds {key}={have.get(key)!r}, this checkpoint gives "
-                                         f"{key}={ckpt.model_attrs.get(key)!r}")
-        sha = str(have.get("checkpoint_sha256") or "")
-        if same_checkpoint and sha and sha != ckpt.sha256:
-            raise StoreConflictError(
-                f"{store.url} was made with checkpoint {sha[:12]}, but {ckpt.source} is {ckpt.sha256[:12]}: a store "
-                f"never mixes checkpoints by accident; to re-encode tiles with it on purpose run "
-                f"`tessera-pipeline reprocess --store {store.url} --checkpoint {ckpt.source} --bbox W,S,E,N`")
-    if create:
-        store.create(ckpt.model_attrs)
+    if root is None:
+        return
+    have = root["tessera:model"]
+    for key in ("model_version", "dimensions"):
+        if str(have.get(key)) != str(ckpt.model_attrs.get(key)):
+            raise StoreConflictError(f"{store.url} holds {key}={have.get(key)!r}, this checkpoint gives "
+                                     f"{key}={ckpt.model_attrs.get(key)!r}")
+    sha = str(have.get("checkpoint_sha256") or "")
+    if same_checkpoint and sha and sha != ckpt.sha256:
+        raise StoreConflictError(
+            f"{store.url} was made with checkpoint {sha[:12]}, but {ckpt.source} is {ckpt.sha256[:12]}: a store "
+            f"never mixes checkpoints by accident; to re-encode tiles with it on purpose run "
+            f"`tessera-pipeline reprocess --store {store.url} --checkpoint {ckpt.source} --bbox W,S,E,N`")
 
 
 def store_checkpoint_source(store: TileStore, runlog: RunLog) -> str | None:
@@ -278,7 +279,7 @@ def start(
     runlog = RunLog(store.backend)
     ckpt = _prepare_checkpoint(config, processor)
     if processor != "noop":
-        check_store(store, ckpt, create=False, same_checkpoint=kind == "run")
+        check_store(store, ckpt, same_checkpoint=kind == "run")
     missing, examples = check_inputs(config, plan) if processor != "noop" else (0, [])
     run_id = new_run_id()
     record = {
@@ -379,7 +380,7 @@ def resume(
                               f"used {record['checkpoint']['sha256'][:12]}: refusing to mix checkpoints in one run")
     kind: RunKind = "reprocess" if record.get("kind") == "reprocess" else "run"
     if processor != "noop":
-        check_store(store, ckpt, create=False, same_checkpoint=kind == "run")
+        check_store(store, ckpt, same_checkpoint=kind == "run")
     missing, examples = check_inputs(config, plan) if processor != "noop" else (0, [])
     lease = _held(store, record["run_id"], config, takeover)
     try:
