@@ -63,10 +63,16 @@ class FlakyProxy(ThreadingHTTPServer):
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[str, str]] = []
         self.rules: list[Rule] = []
         self.outage = False
         self.ignore_conditional = False
         self._outage_n = 0
+
+    def taken(self, method: str, contains: str = "") -> int:
+        """Requests seen with this method whose path (with query) contains `contains`; LISTs carry `list-type`."""
+        with self.lock:
+            return sum(1 for m, p in self.requests if m == method and contains in p)
 
     def add_rule(
         self, *, method: str | None = None, path_contains: str | None = None, action: str = "503", times: int = 1
@@ -80,6 +86,7 @@ class FlakyProxy(ThreadingHTTPServer):
     def decide(self, method: str = "", path: str = "") -> str:
         """'ok', '503', 'drop' or 'lost' for the next request: outage, then rules, then the random faults."""
         with self.lock:
+            self.requests.append((method, path))
             if self.outage:
                 self._outage_n += 1
                 self.counts["outage"] += 1

@@ -55,7 +55,7 @@ def chaos(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.server_port}"
         os.environ["TESSERA_CACHE_DIR"] = str(work / "cache")
         with_tests_on_path()
-        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
         nodes = [cluster.add_node(num_cpus=1) for _ in range(4)]
         cluster.wait_for_nodes()
         try:

@@ -30,7 +30,7 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     with_tests_on_path()
-    c = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0})
+    c = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     c.add_node(num_cpus=1)
     c.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:T4": 1})
     c.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:L4": 1})

@@ -65,7 +65,7 @@ def test_failures_from_an_earlier_session_keep_the_exit_code_1_and_say_how_to_re
     assert again.returncode == 1, again.stdout + again.stderr[-2000:]
     assert "4 tile(s) of this plan have failed" in again.stdout and "--retry-failed" in again.stdout, again.stdout
     assert " E " not in again.stderr and "core_worker" not in again.stderr, again.stderr[-3000:]
-    dashboard = _cli(*_run_args(work, "--dashboard"))
+    dashboard = _cli(*_run_args(work, "--dashboard", "--retry-failed"))
     if importlib.util.find_spec("aiohttp_cors") is None:
         line = _one_error_line(dashboard)
         assert dashboard.returncode == 2 and "tessera-pipeline[dashboard]" in line, line

@@ -27,6 +27,7 @@ from tessera_pipeline.run.failures import classify
 from tessera_pipeline.run.pool import actor_memory, plan_node
 from tessera_pipeline.run.policy import builtin_policy, class_policy, declared_class
 from tessera_pipeline.run.messages import WorkerSpec
+from tessera_pipeline.run.completion import plan_mask
 from tessera_pipeline.run.workplan import plan_tiles, split_plan
 from tessera_pipeline.store.backend import LocalBackend
 from tessera_pipeline.store.runlog import FailedTile, RunLog, decode_plan, encode_plan
@@ -119,9 +120,10 @@ def test_plan_is_largest_first_and_leaves_out_complete_and_failed_tiles() -> Non
     plan = plan_tiles(ts, YEAR)
     assert list(plan.pixels) == sorted(plan.pixels, reverse=True)
     assert plan.tiles[0] == "grid_10.05_0.05" and plan.tiles[-1] == "grid_-1.55_70.05"
-    split = split_plan(plan, {(YEAR, "grid_10.05_0.05")}, {(YEAR, "grid_-1.55_53.25")}, retry_failed=False)
+    complete = plan_mask(plan, {(YEAR, "grid_10.05_0.05")})
+    split = split_plan(plan, complete, plan_mask(plan, {(YEAR, "grid_-1.55_53.25")}))
     assert split.todo.tiles == ["grid_-1.55_70.05"] and (split.complete, split.failed) == (1, 1)
-    again = split_plan(plan, {(YEAR, "grid_10.05_0.05")}, {(YEAR, "grid_-1.55_53.25")}, retry_failed=True)
+    again = split_plan(plan, complete, plan_mask(plan, set()))
     assert again.todo.tiles == ["grid_-1.55_53.25", "grid_-1.55_70.05"]
     round_trip = decode_plan(encode_plan(plan))
     assert round_trip.tiles == plan.tiles and np.array_equal(round_trip.pixels, plan.pixels)
@@ -234,3 +236,36 @@ def test_a_due_retry_avoided_by_the_first_actor_goes_to_the_next_idle_one(tmp_pa
     finally:
         records.flush(1.0)
     assert sent == [("B", TILES[0])]
+
+
+def test_tiles_lost_to_spot_preemption_are_retried_uncharged_without_quarantine_or_pause(tmp_path: Path) -> None:
+    """A spot fleet loses nodes all day: a tile lost with a preempted node (Ray's ActorDiedError with
+    `preempted`) is requeued without spending an attempt, however often it happens, and neither the actor
+    nor the fleet is judged by it (no quarantine streak, no circuit-breaker pause)."""
+    from ray.exceptions import ActorDiedError
+
+    from tessera_pipeline.run.failures import classify
+    from tessera_pipeline.run.pool import ActorSlot
+    from tessera_pipeline.run.progress import RecordWriter
+    from tessera_pipeline.run.scheduler import Scheduler
+
+    preempted = ActorDiedError()
+    preempted._preempted = True  # what Ray sets when the node died as AUTOSCALER_DRAIN_PREEMPTED
+    info = classify(preempted)
+    assert (info.kind, info.reason) == ("transient", "preempted")
+    assert classify(ActorDiedError()).reason == "actor-lost"
+
+    policy = builtin_policy("cpu-x86_64")
+    slots = [ActorSlot(key, "node", policy, SPEC, _FakeHandle([], key), None, state="ready") for key in ("A", "B")]
+    plan = plan_tiles(tileset(TILES[:1]), YEAR)
+    records = RecordWriter(RunLog(LocalBackend(tmp_path / "s.zarr")), "r")
+    try:
+        sched = Scheduler(run_id="r", todo=plan, already_complete=0, pool=_FakePool(slots), records=records,  # type: ignore[arg-type]
+                          known_failures=set(), config=build_config({**BASE, "max_attempts": 2}))
+        for n in range(10):
+            sched._fail(0, info, slots[n % 2], now=float(n))
+    finally:
+        records.flush(1.0)
+    assert int(sched.attempts[0]) == 0 and 0 not in sched.final and sched.progress.failed == 0
+    assert len(sched.retry_heap) == 10 and sched.retries_by_reason["preempted"] == 10
+    assert not any(s.streak for s in slots) and not sched.health.paused(10.0)

@@ -22,6 +22,8 @@ from tessera_pipeline.errors import (
 )
 
 Kind = Literal["permanent", "transient"]
+#: The reason of a tile lost with its spot node (Ray's `ActorDiedError.preempted`): retried, never charged.
+PREEMPTED = "preempted"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def classify(exc: BaseException) -> FailureInfo:
 def classify_system(exc: BaseException, message: str) -> FailureInfo:
     """Ray, network and storage failures: all transient, with a reason naming what happened."""
     name = type(exc).__name__
+    if getattr(exc, "preempted", False) is True:
+        return FailureInfo("transient", PREEMPTED, message)
     if name in ("ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError"):
         return FailureInfo("transient", "actor-lost", message)
     if name in ("NodeDiedError", "OwnerDiedError", "ObjectLostError", "ObjectFetchTimedOutError",

@@ -22,7 +22,7 @@ from typing import Any
 from tessera_pipeline.run.config import RunConfig
 from tessera_pipeline.run.policy import CLASS_RESOURCE_PREFIX, ClassPolicy, class_policy, declared_class
 from tessera_pipeline.errors import RunError
-from tessera_pipeline.run.messages import WorkerSpec
+from tessera_pipeline.run.messages import TileResult, WorkerSpec
 from tessera_pipeline.run.worker import TileWorker
 
 log = logging.getLogger(__name__)
@@ -455,6 +455,24 @@ class Pool:
             log.debug("actor shutdown: %s", exc)
         for slot in live:
             self.kill(slot, restart=False)
+
+    def wait(self, refs: list[Any], timeout_s: float) -> list[Any]:
+        """The in-flight tiles whose answers have arrived: waits up to `timeout_s` for the first, then takes
+        every other one already there."""
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if not ready:
+            return []
+        more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return list(set(ready) | set(more))
+
+    def result(self, ref: Any) -> TileResult:
+        """An arrived answer (raises what Ray raises for a lost actor, node or object)."""
+        import ray
+
+        answer: TileResult = ray.get(ref)
+        return answer
 
     def live(self) -> list[ActorSlot]:
         """Slots that are not dead."""

@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tessera_pipeline.store.runlog import RunLog
+from tessera_pipeline.store.runlog import COMMIT_LOG_PAGE, RunLog
 
 log = logging.getLogger(__name__)
 
 #: Backoff of the record writer after a failed store write: first, cap (seconds).
 WRITER_BACKOFF_S = (0.5, 30.0)
+#: Seconds a commit-log page collects entries before it is (re)written: one PUT per page per interval.
+COMMIT_LOG_FLUSH_S = 10.0
 
 
 @dataclass
@@ -158,19 +161,25 @@ class Metrics:
 
 @dataclass
 class _Op:
-    """One pending store write: a failure record (doc) or its deletion (doc None)."""
+    """One pending store write: a failure record, its deletion, a progress snapshot or a commit-log page.
+
+    `more` (commit-log pages) says after a write whether entries arrived meanwhile: then the page is
+    written again after the flush interval instead of being done.
+    """
 
     apply: Callable[[], None]
     label: str
     tries: int = 0
     next_at: float = 0.0
+    more: Callable[[], bool] | None = None
 
 
 class RecordWriter:
     """Writes the driver's failure records and progress snapshots in the background, retrying each until it lands.
 
-    `record_failure`, `clear_failure` and `save_progress` return at once; for each tile only the latest
-    operation is kept, so a record cleared before it was written is never written.
+    `record_failure`, `clear_failure`, `save_progress` and `log_commit` return at once; for each tile only
+    the latest operation is kept, so a record cleared before it was written is never written. Commits
+    are logged in pages of up to 1,000 named for this driver session (never two writers on one key).
     """
 
     def __init__(self, runlog: RunLog, run_id: str) -> None:
@@ -179,7 +188,11 @@ class RecordWriter:
         self._ops: dict[Any, _Op] = {}
         self._cond = threading.Condition()
         self._stop = False
+        self._flushing = False
         self.failures = 0
+        self._writer = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self._page: list[tuple[int, str]] = []
         self._thread = threading.Thread(target=self._loop, name="tessera-record-writer", daemon=True)
         self._thread.start()
 
@@ -201,6 +214,29 @@ class RecordWriter:
     def save_progress(self, snapshot: dict[str, Any]) -> None:
         """Queue the run's progress snapshot (only the newest is ever written)."""
         self._put(("progress",), _Op(lambda: self.runlog.save_progress(self.run_id, snapshot), "progress snapshot"))
+
+    def log_commit(self, year: int, tile: str) -> None:
+        """Add a tile this run committed to the run's commit log (written within COMMIT_LOG_FLUSH_S)."""
+        with self._cond:
+            page, name = self._page, f"{self._writer}-{self._seq:06d}"
+            page.append((year, tile))
+            if len(page) >= COMMIT_LOG_PAGE:
+                self._seq += 1
+                self._page = []
+            key = ("commits", name)
+            if key in self._ops:
+                return
+            written = [0]
+
+            def write() -> None:
+                entries = list(page)
+                self.runlog.save_commit_page(self.run_id, name, entries)
+                written[0] = len(entries)
+
+            op = _Op(write, f"commit log page {name}", more=lambda: len(page) > written[0])
+            op.next_at = time.monotonic() + (0.0 if self._flushing else COMMIT_LOG_FLUSH_S)
+            self._ops[key] = op
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -236,13 +272,19 @@ class RecordWriter:
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             with self._cond:
-                if self._ops.get(key) is op:
+                if self._ops.get(key) is not op:
+                    continue
+                if op.more is not None and op.more():
+                    op.tries = 0
+                    op.next_at = time.monotonic() + (0.0 if self._flushing else COMMIT_LOG_FLUSH_S)
+                else:
                     del self._ops[key]
 
     def flush(self, timeout_s: float) -> int:
         """Keep writing until nothing is pending or `timeout_s` passed; stop the thread; return what is left."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._flushing = True
             for op in self._ops.values():
                 op.next_at = min(op.next_at, time.monotonic())
             self._cond.notify()

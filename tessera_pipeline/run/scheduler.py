@@ -24,7 +24,7 @@ import numpy as np
 
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.run.config import RunConfig
-from tessera_pipeline.run.failures import FailureInfo, classify
+from tessera_pipeline.run.failures import PREEMPTED, FailureInfo, classify
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import TileRequest, TileResult
 from tessera_pipeline.run.pool import ActorSlot, Pool, is_restarting
@@ -238,6 +238,8 @@ class Scheduler:
         if result.encode_ended > result.encode_started > 0:
             self.intervals[result.worker_id].append((result.encode_started, result.encode_ended))
         self.metrics.completed(result.hw_class, result.pixels)
+        if not result.committed_by_other:
+            self.records.log_commit(*key)
         if key in self.known_failures:
             self.records.clear_failure(*key)
             self.known_failures.discard(key)
@@ -248,6 +250,12 @@ class Scheduler:
     def _fail(self, index: int, info: FailureInfo, slot: ActorSlot, now: float) -> None:
         year, tile = int(self.todo.years[index]), self.todo.tiles[index]
         if index in self.final:
+            return
+        if info.reason == PREEMPTED:
+            log.info("tile %s/%s: lost with its preempted node; retrying elsewhere, not charged", year, tile)
+            self.retries_by_reason[info.reason] += 1
+            self.metrics.failure(info.reason, final=False)
+            self._requeue(index, UNCHARGED_RETRY_S, now)
             return
         if info.kind == "transient":
             self.avoid[index].add(slot.key)
@@ -290,8 +298,6 @@ class Scheduler:
         self.metrics.failure(info.reason, final=True)
 
     def _collect(self, ref: Any, now: float) -> None:
-        import ray
-
         item = self.inflight.pop(ref)
         slot = item.slot
         was_head = bool(slot.inflight) and slot.inflight[0] == ref
@@ -300,7 +306,7 @@ class Scheduler:
         if was_head:
             slot.head_since = now
         try:
-            result: TileResult = ray.get(ref)
+            result = self.pool.result(ref)
         except Exception as exc:  # Ray system failures: the actor or its node died, or we killed it
             info = classify(exc)
             if ref in self.timed_out:
@@ -385,8 +391,6 @@ class Scheduler:
 
     def run(self) -> RunOutcome:
         """Run until every tile is complete or failed for good; returns the outcome."""
-        import ray
-
         self._t0 = time.monotonic()
         self.pool.refresh(force=True)
         last_ui = last_store = idle_since = self._t0
@@ -399,12 +403,10 @@ class Scheduler:
             self._assign(now)
             if self.inflight:
                 idle_since = now
-                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2)
-                if ready:
-                    more, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=0)
-                    now = time.monotonic()
-                    for ref in set(ready) | set(more):
-                        self._collect(ref, now)
+                arrived = self.pool.wait(list(self.inflight), 0.2)
+                now = time.monotonic()
+                for ref in arrived:
+                    self._collect(ref, now)
                 self._check_timeouts(time.monotonic())
             else:
                 if self.pool.gave_up_everywhere():

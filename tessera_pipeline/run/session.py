@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import numpy as np
+
 from tessera_pipeline.errors import CheckpointError, InputError, RunError, StoreConflictError, StoreError
 from tessera_pipeline.grid import TileSet
+from tessera_pipeline.run.completion import done_mask, plan_mask
 from tessera_pipeline.run.config import IGNORED_RECORD_KEYS, RunConfig, build_config
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import WorkerSpec
@@ -117,22 +120,6 @@ def store_checkpoint_source(store: TileStore, runlog: RunLog) -> str | None:
         if record.get("checkpoint", {}).get("sha256") == sha:
             return str(record["checkpoint"]["source"])
     return None
-
-
-def done_tiles(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: PlannedTiles) -> set[tuple[int, str]]:
-    """The planned tiles this run need not do: committed (for a reprocess: committed by it, with its checkpoint)."""
-    years = sorted(set(plan.years.tolist()))
-    committed = {(k.year, k.tile) for y in years for k in store.list_complete(int(y))}
-    if record.get("kind") != "reprocess":
-        return committed
-    sha, since = record["checkpoint"]["sha256"], record["created_at"]
-    done: set[tuple[int, str]] = set()
-    for year, tile in zip(plan.years.tolist(), plan.tiles):
-        if (year, tile) in committed:
-            marker = store.marker(year, tile) or {}
-            if marker.get("provenance", {}).get("checkpoint_sha256") == sha and str(marker.get("committed_at")) >= since:
-                done.add((year, tile))
-    return done
 
 
 def check_inputs(config: RunConfig, plan: PlannedTiles) -> tuple[int, list[str]]:
@@ -288,11 +275,11 @@ def start(
                        "data_source": ckpt.data_source},
         "plan": {"tiles": len(plan), "pixels": plan.total_pixels, "order": "pixels descending"},
     }
-    if kind == "reprocess":
-        complete: set[tuple[int, str]] = set()
+    if kind == "reprocess" or store.root_attrs() is None:
+        complete = np.zeros(len(plan), dtype=bool)
         failures: list[FailedTile] = []
     else:
-        complete = done_tiles(store, runlog, record, plan) if store.root_attrs() is not None else set()
+        complete = done_mask(store, runlog, record, plan)
         failures = runlog.failed_tiles(config.year)
     split, failed = _split(plan, complete, failures, retry_failed, retry_reason, runlog)
     report = RunReport(run_id, kind, len(plan), plan.total_pixels, split.complete, split.failed,
@@ -314,23 +301,28 @@ def start(
                     processor_options, stop_after, dashboard)
 
 
-def _split(plan: PlannedTiles, complete: set[tuple[int, str]], failures: list[FailedTile], retry_failed: bool,
+def _split(plan: PlannedTiles, complete: np.ndarray, failures: list[FailedTile], retry_failed: bool,
            retry_reason: str | None, runlog: RunLog) -> tuple[WorkSplit, set[tuple[int, str]]]:
     """Leave out complete tiles and permanent failures (unless retried, by reason when given); exhausted
     transient failures are always retried."""
-    planned = set(zip(plan.years.tolist(), plan.tiles))
-    known = {f.key for f in failures if f.key in planned}
-    left_out: set[tuple[int, str]] = set()
-    for f in failures:
-        if f.key not in planned or f.key in complete or f.kind != "permanent":
-            continue
-        if not retry_failed:
-            left_out.add(f.key)
-        elif retry_reason:
-            doc = runlog.failure(f.year, f.tile, "permanent") or {}
-            if not str(doc.get("reason", "")).startswith(retry_reason):
-                left_out.add(f.key)
-    return split_plan(plan, complete, left_out, retry_failed=False), known
+    recorded = plan_mask(plan, {f.key for f in failures})
+    known = {(int(plan.years[i]), plan.tiles[i]) for i in np.flatnonzero(recorded).tolist()}
+    permanent = [f for f in failures if f.kind == "permanent" and f.key in known]
+    if retry_failed and retry_reason:
+        docs = runlog.failure_docs(permanent)
+        permanent = [f for f, doc in zip(permanent, docs) if not str(doc.get("reason", "")).startswith(retry_reason)]
+    elif retry_failed:
+        permanent = []
+    left_out = plan_mask(plan, {f.key for f in permanent}) & ~complete
+    return split_plan(plan, complete, left_out), known
+
+
+def resume_split(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: PlannedTiles, *,
+                 retry_failed: bool = False, retry_reason: str | None = None) -> tuple[WorkSplit, set[tuple[int, str]]]:
+    """What a resumed run has left to do, from listings (O(tiles / 1000) requests) and the records it acts on."""
+    complete = done_mask(store, runlog, record, plan)
+    failures = runlog.failed_tiles() if record.get("kind") != "reprocess" else []
+    return _split(plan, complete, failures, retry_failed, retry_reason, runlog)
 
 
 def _clean_record_config(record: dict[str, Any]) -> dict[str, Any]:
@@ -386,9 +378,7 @@ def resume(
     try:
         if processor != "noop" and kind == "run":
             store.create(ckpt.model_attrs)
-        complete = done_tiles(store, runlog, record, plan)
-        failures = runlog.failed_tiles() if kind != "reprocess" else []
-        split, failed = _split(plan, complete, failures, retry_failed, retry_reason, runlog)
+        split, failed = resume_split(store, runlog, record, plan, retry_failed=retry_failed, retry_reason=retry_reason)
     except BaseException:
         lease.release()
         raise

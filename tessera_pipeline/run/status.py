@@ -1,6 +1,6 @@
 """A run's state from the store alone: complete, failed (by reason) and pending tiles of its plan.
 
-Complete means a commit marker (one listing of `_commits/{year}/`); failed means a failure record
+Complete means a commit marker (one listing of `_commits/{year}/`; for a reprocess, one it wrote); failed means a failure record
 whose tile has no marker (`permanent`: bad input, retried only on request; `exhausted`: transient
 failures that used up their attempts, retried by `resume`); pending is the rest. Whether a driver is
 running comes from the store's lease and its heartbeat; throughput, quarantines and given-up nodes
@@ -13,10 +13,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from tessera_pipeline.run.completion import done_mask, plan_mask
 from tessera_pipeline.run.lease import read_lease
-from tessera_pipeline.run.session import done_tiles
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.runlog import RunLog
+
+
+#: Failure records read to count reasons by default: a global run's status must not GET thousands.
+REASONS_FROM = 1000
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class RunStatus:
     pixels_planned: int
     pixels_complete: int
     failed_by_reason: dict[str, int]
+    reasons_counted: int
     failed_tiles: list[dict[str, Any]]
     throughput: dict[str, Any]
     progress: dict[str, Any] | None
@@ -54,7 +61,8 @@ class RunStatus:
             "run_id": self.run_id, "kind": self.kind, "created_at": self.created_at, "planned": self.planned,
             "complete": self.complete, "failed": self.failed, "pending": self.pending,
             "pixels_planned": self.pixels_planned, "pixels_complete": self.pixels_complete,
-            "failed_by_reason": self.failed_by_reason, "failed_tiles": self.failed_tiles,
+            "failed_by_reason": self.failed_by_reason, "reasons_counted": self.reasons_counted,
+            "failed_tiles": self.failed_tiles,
             "throughput": self.throughput, "checkpoint": self.checkpoint,
             "last_progress_at": (self.progress or {}).get("updated_at"), "failed_by_kind": self.failed_by_kind,
             "state": self.state, "driver": self.driver,
@@ -64,29 +72,35 @@ class RunStatus:
         }
 
 
-def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 100) -> RunStatus:
-    """Compute a run's status (the current run by default)."""
+def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 100,
+               reasons_from: int | None = REASONS_FROM) -> RunStatus:
+    """Compute a run's status (the current run by default).
+
+    Requests: the run record and plan, one listing of the markers and one of the failure records
+    (1,000 keys a request), the commit log for a reprocess, and GETs of failure records only for the
+    reasons it counts: the first `reasons_from` of them (None: every one).
+    """
     store = TileStore(store_url)
     runlog = RunLog(store.backend)
     record = runlog.load_run(run_id)
     rid = record["run_id"]
     plan = runlog.load_plan(rid)
-    keys = list(zip(plan.years.tolist(), plan.tiles))
-    done = done_tiles(store, runlog, record, plan)
-    planned = set(keys)
-    failures = [f for f in runlog.failed_tiles() if f.key in planned and f.key not in done]
-    reasons: Counter[str] = Counter()
+    done = done_mask(store, runlog, record, plan)
+    recorded = runlog.failed_tiles()
+    failed_rows = plan_mask(plan, {f.key for f in recorded}) & ~done
+    open_keys = {(int(plan.years[i]), plan.tiles[i]) for i in np.flatnonzero(failed_rows).tolist()}
+    failures = [f for f in recorded if f.key in open_keys]
     kinds: Counter[str] = Counter(f.kind for f in failures)
-    listed: list[dict[str, Any]] = []
-    for f in failures:
-        doc = runlog.failure(f.year, f.tile, f.kind) or {}
-        reasons[str(doc.get("reason", "unknown"))] += 1
-        if len(listed) < list_failed:
-            listed.append({"year": f.year, "tile": f.tile, "kind": f.kind, "reason": doc.get("reason"),
-                           "message": doc.get("message"), "attempts": doc.get("attempts")})
-    pixels_complete = int(sum(int(p) for k, p in zip(keys, plan.pixels.tolist()) if k in done))
+    read = failures if reasons_from is None else failures[: max(reasons_from, list_failed)]
+    docs = runlog.failure_docs(read)
+    counted = docs if reasons_from is None else docs[:reasons_from]
+    reasons: Counter[str] = Counter(str(doc.get("reason", "unknown")) for doc in counted)
+    listed = [{"year": f.year, "tile": f.tile, "kind": f.kind, "reason": doc.get("reason"),
+               "message": doc.get("message"), "attempts": doc.get("attempts")}
+              for f, doc in zip(read[:list_failed], docs)]
+    pixels_complete = int(plan.pixels[done].sum())
+    complete = int(done.sum())
     progress = runlog.load_progress(rid)
-    complete = sum(1 for k in keys if k in done)
     lease = read_lease(store.backend)
     driver = None
     if lease is not None:
@@ -94,9 +108,10 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
         driver = {"run_id": info.run_id, "host": info.host, "pid": info.pid, "started_at": info.started_at,
                   "last_beat_s_ago": round(info.age_s(), 1), "lease_ttl_s": info.ttl_s}
     return RunStatus(
-        run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(keys),
-        complete=complete, failed=len(failures), pending=len(keys) - complete - len(failures),
+        run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(plan),
+        complete=complete, failed=len(failures), pending=len(plan) - complete - len(failures),
         pixels_planned=plan.total_pixels, pixels_complete=pixels_complete, failed_by_reason=dict(reasons),
+        reasons_counted=sum(reasons.values()),
         failed_tiles=listed, throughput=(progress or {}).get("by_class", {}), progress=progress,
         checkpoint=record.get("checkpoint", {}), failed_by_kind=dict(kinds), driver=driver,
         driver_live=lease is not None and lease[0].live(),

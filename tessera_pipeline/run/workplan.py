@@ -41,11 +41,7 @@ def subset(plan: PlannedTiles, keep: np.ndarray) -> PlannedTiles:
     return PlannedTiles(plan.years[idx], [plan.tiles[i] for i in idx.tolist()], plan.pixels[idx])
 
 
-def split_plan(plan: PlannedTiles, complete: set[tuple[int, str]], failed: set[tuple[int, str]],
-               *, retry_failed: bool) -> WorkSplit:
-    """Leave out complete tiles, and permanently failed ones unless `retry_failed`."""
-    keys = list(zip(plan.years.tolist(), plan.tiles))
-    is_complete = np.fromiter((k in complete for k in keys), dtype=bool, count=len(keys))
-    is_failed = np.fromiter((k in failed for k in keys), dtype=bool, count=len(keys)) & ~is_complete
-    keep = ~is_complete & (~is_failed if not retry_failed else np.ones(len(keys), dtype=bool))
-    return WorkSplit(subset(plan, keep), int(is_complete.sum()), int(is_failed.sum()) if not retry_failed else 0)
+def split_plan(plan: PlannedTiles, complete: np.ndarray, left_out: np.ndarray) -> WorkSplit:
+    """Leave out complete tiles and the `left_out` ones (permanent failures not retried); masks over the plan."""
+    failed = left_out & ~complete
+    return WorkSplit(subset(plan, ~complete & ~failed), int(complete.sum()), int(failed.sum()))

@@ -30,6 +30,8 @@ class Backend(Protocol):
     """What the commit protocol needs from a storage location."""
 
     url: str
+    #: True where listings of disjoint prefixes run faster side by side (S3), False where they share one disk.
+    concurrent_listing: bool
 
     def zarr_store(self, key: str = "") -> Any:
         """A zarr v3 store rooted at the store root, or at a prefix under it."""
@@ -63,6 +65,10 @@ class Backend(Protocol):
     def list_keys(self, prefix: str) -> list[str]:
         """Every object key under a prefix, relative to the root, in one listing."""
 
+    def scan(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Every object whose key starts with `prefix` (a folder or a partial name), with its
+        last-modified time (epoch seconds), streamed page by page (1,000 keys a request on S3)."""
+
     def delete_tree(self, key: str) -> None:
         """Delete a prefix and everything under it; absent is fine."""
 
@@ -91,6 +97,8 @@ def open_backend(url: str) -> Backend:
 
 class LocalBackend:
     """A store in a local directory; atomic puts by write-fsync-rename, durable by fsync."""
+
+    concurrent_listing = False
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -198,6 +206,31 @@ class LocalBackend:
             keys.extend(f"{rel}/{name}" for name in files if not name.startswith("."))
         return keys
 
+    def scan(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Files whose key starts with `prefix`, with their mtimes (scandir; hidden temporaries excluded)."""
+        path = self._path(prefix)
+        if prefix.endswith("/") or path.is_dir():
+            folder, start = path, ""
+        else:
+            folder, start = path.parent, path.name
+        rel = folder.relative_to(self.root).as_posix() if folder != self.root else ""
+        yield from self._scan_dir(folder, rel, start)
+
+    def _scan_dir(self, folder: Path, rel: str, start: str = "") -> Iterator[tuple[str, float]]:
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.name.startswith(start):
+                    continue
+                key = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    yield from self._scan_dir(Path(entry.path), key)
+                else:
+                    yield key, entry.stat(follow_symlinks=False).st_mtime
+
     def delete_tree(self, key: str) -> None:
         """Remove a directory tree."""
         shutil.rmtree(self._path(key), ignore_errors=True)
@@ -247,6 +280,8 @@ S3_READ_TIMEOUT_S = 60.0
 S3_ATTEMPTS = 3
 S3FS_TRIES = 3
 S3_OPERATION_BUDGET_S = 600.0
+#: Connections per client: whole-store commands list and read with up to this many threads.
+S3_POOL_CONNECTIONS = 32
 
 
 def _s3_endpoint() -> str | None:
@@ -265,6 +300,7 @@ def _s3_config_kwargs() -> dict[str, Any]:
         "connect_timeout": S3_CONNECT_TIMEOUT_S,
         "read_timeout": S3_READ_TIMEOUT_S,
         "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+        "max_pool_connections": S3_POOL_CONNECTIONS,
     }
 
 
@@ -318,6 +354,8 @@ def s3_client() -> Any:
 class S3Backend:
     """A store under `s3://bucket/prefix` through s3fs; every put is one PUT, hence atomic."""
 
+    concurrent_listing = True
+
     def __init__(self, url: str) -> None:
         import s3fs
 
@@ -342,12 +380,9 @@ class S3Backend:
         return store
 
     def get(self, key: str) -> bytes | None:
-        """GET an object, or None when absent."""
-        try:
-            data: bytes = self.fs.cat_file(self._path(key))
-        except FileNotFoundError:
-            return None
-        return data
+        """GET an object (one request, no HEAD before it), or None when absent."""
+        tagged = self.get_tagged(key)
+        return None if tagged is None else tagged[0]
 
     def put_atomic(self, key: str, data: bytes) -> None:
         """One PUT: S3 makes an object visible whole, and only once it is durable."""
@@ -370,7 +405,7 @@ class S3Backend:
                 resp = s3_client().get_object(Bucket=bucket, Key=obj)
                 return resp["Body"].read(), str(resp["ETag"])
             except ClientError as exc:
-                if _error_code(exc) in ("NoSuchKey", "404"):
+                if _error_code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
                     return None
                 raise _client_error(self.url, "get_object", exc) from exc
             except (IncompleteReadError, ResponseStreamingError) as exc:
@@ -476,6 +511,27 @@ class S3Backend:
         except FileNotFoundError:
             return []
         return [k[start:] for k in found]
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Objects whose key starts with `prefix`: ListObjectsV2 pages of 1,000 keys, streamed."""
+        from botocore.exceptions import ClientError
+
+        bucket, obj = self._bucket_key(prefix)
+        start = len(self.base) - len(bucket) if "/" in self.base else 0
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=obj, PaginationConfig={"PageSize": 1000})
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield item["Key"][start:], item["LastModified"].timestamp()
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                return
+            raise _client_error(self.url, "list_objects_v2", exc) from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise _store_error(self.url, "list_objects_v2", exc) from exc
 
     def delete_tree(self, key: str) -> None:
         """Delete every object under a prefix (batched DeleteObjects)."""

@@ -6,18 +6,20 @@ Keys (relative to the store root, specified in docs/formats.md, section 7):
     _run/runs/{run_id}/run.json           the resolved run config, checkpoint identity, plan summary
     _run/runs/{run_id}/plan.tsv.gz        the planned tiles, largest first: "year<TAB>tile<TAB>pixels"
     _run/runs/{run_id}/progress.json      the driver's latest progress snapshot (throughput by class)
+    _run/runs/{run_id}/commits/{writer}-{seq}.tsv  the run's commit log: "year<TAB>tile" lines, <= 1,000 a page
     _run/lease.json                       the driver holding the store (run/lease.py): one driver per store
     _run/failures/{year}/{tile}.json        a tile that failed permanently (bad input): only --retry-failed retries it
     _run/failures/{year}/{tile}.retry.json  a tile whose transient failures used up its attempts: resume retries it
 
 Commit markers stay the only definition of "complete"; a failure record is deleted when its tile
-is later committed, and any record whose tile has a marker is ignored by readers.
+is later committed, and any record whose tile has a marker is ignored by readers. The commit log
+only says which run committed a marker (a reprocess's progress without a GET per marker); a
+marker it does not mention is checked by reading the marker itself.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 import uuid
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tessera_pipeline.errors import StoreError
-from tessera_pipeline.store import layout
+from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ CURRENT_KEY = f"{RUN_PREFIX}/current.json"
 FAILURES_PREFIX = f"{RUN_PREFIX}/failures"
 #: Failure kinds and the suffix of their record keys (the kind is in the key so a listing tells it, no GETs).
 FAILURE_SUFFIXES = {"permanent": ".json", "exhausted": ".retry.json"}
+#: Entries per commit-log page: a global run's log is ~1,600 pages, read with one GET each.
+COMMIT_LOG_PAGE = 1000
 
 
 def new_run_id() -> str:
@@ -49,6 +53,11 @@ def new_run_id() -> str:
 def run_key(run_id: str, name: str) -> str:
     """Key of one object of a run's record."""
     return f"{RUN_PREFIX}/runs/{run_id}/{name}"
+
+
+def commit_log_key(run_id: str, page: str) -> str:
+    """Key of one page of a run's commit log (`page` is `{writer}-{seq:06d}`, unique per driver session)."""
+    return run_key(run_id, f"commits/{page}.tsv")
 
 
 def failure_key(year: int, tile: str, kind: str = "permanent") -> str:
@@ -99,8 +108,10 @@ def decode_plan(data: bytes) -> PlannedTiles:
     text = gzip.decompress(data).decode()
     if not text:
         return PlannedTiles(np.zeros(0, np.int32), [], np.zeros(0, np.int64))
-    cols = np.loadtxt(io.StringIO(text), dtype=str, delimiter="\t", ndmin=2)
-    return PlannedTiles(cols[:, 0].astype(np.int32), cols[:, 1].tolist(), cols[:, 2].astype(np.int64))
+    fields = text.split()
+    if len(fields) % 3:
+        raise StoreError("unreadable run plan: expected year, tile and pixels on every line")
+    return PlannedTiles(np.array(fields[0::3], dtype=np.int32), fields[1::3], np.array(fields[2::3], dtype=np.int64))
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
@@ -173,6 +184,25 @@ class RunLog:
         """The run's latest progress snapshot, if the driver wrote one."""
         return self._json(run_key(run_id, "progress.json"))
 
+    # --- commit log ----------------------------------------------------------------------
+
+    def save_commit_page(self, run_id: str, page: str, entries: list[tuple[int, str]]) -> None:
+        """Write (or rewrite, grown) one page of the run's commit log."""
+        body = "".join(f"{year}\t{tile}\n" for year, tile in entries)
+        self.backend.put_atomic(commit_log_key(run_id, page), body.encode())
+
+    def committed_by(self, run_id: str) -> set[tuple[int, str]]:
+        """The (year, tile) pairs this run's drivers logged as committed: one LIST plus one GET per page."""
+        prefix = run_key(run_id, "commits/")
+        keys = [key for key, _ in self.backend.scan(prefix) if key.endswith(".tsv")]
+        found: set[tuple[int, str]] = set()
+        for raw in listing.parallel_map(self.backend.get, keys):
+            for line in (raw or b"").decode().splitlines():
+                year, _, tile = line.partition("\t")
+                if year.isdigit() and layout.is_tile(tile):
+                    found.add((int(year), tile))
+        return found
+
     # --- failures ------------------------------------------------------------------------
 
     def record_failure(self, year: int, tile: str, record: dict[str, Any]) -> None:
@@ -194,7 +224,7 @@ class RunLog:
         prefix = FAILURES_PREFIX if year is None else f"{FAILURES_PREFIX}/{layout.check_year(year)}"
         found: dict[tuple[int, str], FailedTile] = {}
         retry_suffix = FAILURE_SUFFIXES["exhausted"]
-        for key in self.backend.list_keys(prefix):
+        for key, _ in self.backend.scan(f"{prefix}/"):
             parts = key.split("/")
             if len(parts) != 4 or not parts[2].isdigit() or not parts[3].endswith(".json"):
                 continue
@@ -205,6 +235,10 @@ class RunLog:
                 entry = FailedTile(int(parts[2]), tile, kind)
                 found.setdefault(entry.key, entry)
         return sorted(found.values(), key=lambda f: f.key)
+
+    def failure_docs(self, failures: list[FailedTile]) -> list[dict[str, Any]]:
+        """The records of these failures, read side by side (an absent one, cleared meanwhile, is {})."""
+        return listing.parallel_map(lambda f: self.failure(f.year, f.tile, f.kind) or {}, failures)
 
     def failure(self, year: int, tile: str, kind: str | None = None) -> dict[str, Any] | None:
         """A tile's failure record (of `kind`, or whichever exists), or None."""

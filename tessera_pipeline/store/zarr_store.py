@@ -36,7 +36,7 @@ from tessera_pipeline.errors import (
     TileNotCompleteError,
 )
 from tessera_pipeline.quantisation import dequantise
-from tessera_pipeline.store import layout
+from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend, open_backend
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
 from tessera_pipeline.store.layout import TileKey
@@ -590,17 +590,13 @@ class TileStore:
         return self.backend.get(layout.marker_key(year, tile)) is not None
 
     def list_complete(self, year: int | None = None) -> list[TileKey]:
-        """Every complete tile (of one year or all), from one listing of the marker prefix."""
-        keys = self.backend.list_keys(layout.marker_prefix(year))
-        found: list[TileKey] = []
-        for key in keys:
-            parts = key.split("/")
-            if len(parts) != 3 or not parts[2].endswith(layout.MARKER_SUFFIX) or not parts[1].isdigit():
-                continue
-            name = parts[2][: -len(layout.MARKER_SUFFIX)]
-            if name.startswith("grid_"):
-                found.append(TileKey(int(parts[1]), name))
-        return sorted(found)
+        """Every complete tile (of one year or all), from listings of the marker prefix (no GETs)."""
+        years = [layout.check_year(year)] if year is not None else listing.committed_years(self.backend)
+        return sorted(TileKey(y, t) for y in years for t in listing.committed(self.backend, y).tiles)
+
+    def committed(self, year: int) -> listing.Committed:
+        """The year's committed tiles as compact arrays (names, marker times): what whole-store commands use."""
+        return listing.committed(self.backend, layout.check_year(year))
 
     def _open_version(self, marker: Mapping[str, Any]) -> Any:
         """Open the version group a marker names (metadata from its consolidated zarr.json)."""
