@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tessera_pipeline.bench.calibrate import tokens_per_pixel
+from tessera_pipeline.inputs.dpixel import open_tile_at
 from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
 from run_support import BBOX, TILES, YEAR, make_inputs
 
@@ -23,18 +25,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _predict_and_run(tmp_path: Path, attempt: int) -> tuple[float, float]:
-    """Calibrate, plan the region with that profile, run it: (predicted, measured) seconds."""
+    """Calibrate, plan the region with that profile at the run tiles' observations per pixel, run it:
+    (predicted, measured) seconds."""
     work = tmp_path / f"attempt{attempt}"
     work.mkdir()
     profile = work / "cal.yaml"
+    make_inputs(work / "inputs", TILES, SIZE)
+    tokens = sum(tokens_per_pixel(open_tile_at(work / "inputs", YEAR, t)) for t in TILES) / len(TILES)
     cal = _cli("bench", "--calibrate", "--size", f"{SIZE[0]}x{SIZE[1]}", "--out", str(profile), "--name", "here")
     assert cal.returncode == 0, cal.stderr[-2000:]
     plan = _cli("plan", "--bbox", BBOX, "--model", "v1.1", "--pixels-per-tile", str(SIZE[0] * SIZE[1]),
-                "--profiles", str(profile), "--no-builtin", "--machines", "here=1", "--json")
+                "--profiles", str(profile), "--no-builtin", "--machines", "here=1", "--tokens-per-pixel", str(tokens), "--json")
     assert plan.returncode == 0, plan.stderr[-2000:]
     report = json.loads(plan.stdout)
     assert report["fleet"] is not None, report
-    make_inputs(work / "inputs", TILES, SIZE)
     ckpt = save_random_checkpoint(work / "random_v1_1.pt")
     run = _cli("run", "--input", str(work / "inputs"), "--store", str(work / "store.zarr"), "--checkpoint",
                str(ckpt), "--year", str(YEAR), "--bbox", BBOX, "--json")

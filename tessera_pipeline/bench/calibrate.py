@@ -34,6 +34,7 @@ from tessera_pipeline.precision import class_defaults
 
 if TYPE_CHECKING:
     from tessera_pipeline.encode import TileEncoder
+    from tessera_pipeline.inputs.tile import DPixelTile
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def calibrate(
     machine at hand); pass the real hourly price to compare it with cloud profiles. `pin` pins this
     process to the physical cores it times, as `run` pins its CPU actors.
     """
-    from tessera_pipeline.bench.encoder_bench import random_model
+    from tessera_pipeline.bench.encoder_bench import random_model, synthetic_tile
     from tessera_pipeline.encode import TileEncoder
     from tessera_pipeline.encode.setup import encode_settings
     from tessera_pipeline.hardware import configure_threads, detect
@@ -105,7 +106,7 @@ def calibrate(
                 seconds, pixels = _timed_encode(encoder, (height, width), hw.device)
             warm_s = max(warm_s, first_s - seconds)
             fixed = _fixed_seconds(small_s, small_px, seconds, pixels)
-            tokens = _tokens_per_pixel(height, width)
+            tokens = tokens_per_pixel(synthetic_tile(height, width))
             say(f"{model} {precision}: {seconds:.2f} s for {pixels} px ({fixed:.2f} s of it fixed per tile), "
                 f"{1e3 * (seconds - fixed) / pixels:.3f} ms/pixel per actor")
             timings.append(
@@ -160,11 +161,10 @@ def calibrate(
 
 
 def actor_start_seconds(model: str, precision: str, device: str) -> float:
-    """Wall seconds for a fresh Python process to import Ray (as every actor process does, where it is installed)
-    and the encoder, receive a real-size checkpoint (a copy of its bytes, as a `run` actor writes what the driver
-    ships) and build the encoder as `run`'s actors do (load and warm-up): what every actor pays once before its
-    first tile."""
-    import importlib.util
+    """Wall seconds for a fresh Python process to import the encoder, receive a real-size checkpoint (a copy of its
+    bytes, as a `run` actor writes what the driver ships) and build the encoder as `run`'s actors do (load and
+    warm-up): what every actor pays once before its first tile (Ray starts its worker processes, Ray imported,
+    before the run; that is not counted)."""
     import subprocess
     import sys
 
@@ -173,8 +173,7 @@ def actor_start_seconds(model: str, precision: str, device: str) -> float:
     with tempfile.TemporaryDirectory(prefix="calibrate-ckpt-") as tmp:
         path = save_random_checkpoint(Path(tmp) / "random.pt", model)  # type: ignore[arg-type]
         copy = Path(tmp) / "shipped.pt"
-        code = (("import ray; " if importlib.util.find_spec("ray") else "")
-                + "import pathlib; from tessera_pipeline.encode.setup import build_encoder; "
+        code = ("import pathlib; from tessera_pipeline.encode.setup import build_encoder; "
                 f"pathlib.Path({str(copy)!r}).write_bytes(pathlib.Path({str(path)!r}).read_bytes()); "
                 f"build_encoder({str(copy)!r}, precision={precision!r}, device={device!r})")
         t0 = time.perf_counter()
@@ -202,11 +201,8 @@ def tile_io_seconds(height: int, width: int) -> float:
         return time.perf_counter() - t0
 
 
-def _tokens_per_pixel(height: int, width: int) -> float:
-    """Mean valid S2 plus S1 observations per pixel of the synthetic calibration tile (time is linear in them)."""
-    from tessera_pipeline.bench.encoder_bench import synthetic_tile
-
-    tile = synthetic_tile(height, width)
+def tokens_per_pixel(tile: DPixelTile) -> float:
+    """Mean valid S2 plus S1 observations per pixel of a tile (time is linear in them): `plan --tokens-per-pixel`."""
     s1 = sum(int((np.asarray(a) != 0).any(axis=-1).sum()) for a in (tile.sar_ascending, tile.sar_descending))
     return float(int((np.asarray(tile.masks) != 0).sum()) + s1) / tile.n_pixels
 
