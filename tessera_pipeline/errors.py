@@ -6,6 +6,11 @@ records it against the tile and moves on. Layers add subclasses here, one per fa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class TesseraError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -170,3 +175,18 @@ class ConfigError(TesseraError):
 
 class RunError(TesseraError):
     """A run cannot start or go on (no cluster, no usable node, a store that holds no run)."""
+
+
+def _location(err: dict[str, Any]) -> str:
+    """A pydantic error's location as a dotted key."""
+    return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, source: str, *, prefix: str = "") -> str:
+    """One line naming the first offending key (under `prefix`, for a nested part validated alone) and why."""
+    first = exc.errors()[0]
+    key = f"{prefix}.{_location(dict(first))}" if prefix else _location(dict(first))
+    if first.get("type") == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key}: {first.get('msg')}{more}"

@@ -1,10 +1,8 @@
-"""Hardware detection and the precision policy: what this process runs on and how it should compute.
+"""Hardware detection: what this process runs on (its hardware class), and thread pinning.
 
-Policy (from the seeds' measurements): NVIDIA GPUs of compute capability >= 8.0 (A10, L4 and newer)
-run bf16; 7.x (T4, V100: no bf16, but fp16 tensor cores) run `PRE_AMPERE_PRECISION`, fp16 since it
-was measured to meet the bf16 quality bar; older GPUs run fp32. CPUs with AMX-BF16 or
-AVX512-BF16 run bf16 autocast; others run fp32. AMX CPUs scale best at about 8 pinned physical
-cores per process, so `physical_cores` lists one logical CPU per core for pinning.
+How each class computes is the precision policy's table (`tessera_pipeline.precision`). AMX CPUs
+scale best at about 8 pinned physical cores per process, so `physical_cores` lists one logical CPU
+per core for pinning.
 """
 
 from __future__ import annotations
@@ -16,17 +14,11 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-
 import torch
 
-log = logging.getLogger(__name__)
+from tessera_pipeline.precision import Precision, class_defaults
 
-#: Compute precisions: float32, or bf16 / fp16 GEMM and attention inputs with float32 statistics.
-Precision = Literal["fp32", "bf16", "fp16"]
-#: NVIDIA GPUs without bf16 but with fp16 tensor cores (compute capability 7.x: T4, V100). fp16 meets
-#: the bf16 quality bar against fp32 (docs/benchmarks.md, "fp16 verdict"), so it is their default.
-PRE_AMPERE_PRECISION: Precision = "fp16"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,12 +94,8 @@ def detect(device: str = "auto") -> HardwareInfo:
 
 
 def default_precision(hw: HardwareInfo) -> Precision:
-    """The fastest precision that keeps quality (see module docstring)."""
-    if hw.gpu_capability is not None:
-        if hw.gpu_capability >= (8, 0):
-            return "bf16"
-        return PRE_AMPERE_PRECISION if hw.gpu_capability >= (7, 0) else "fp32"
-    return "bf16" if (hw.has_amx_bf16 or hw.has_avx512_bf16) else "fp32"
+    """The precision policy's choice for this hardware's class (`precision.class_defaults`)."""
+    return class_defaults(hw.kind, hw.gpu_capability).precision
 
 
 def configure_threads(threads: int | None, *, pin: bool = False) -> int:

@@ -1,5 +1,5 @@
 """The run on a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`): nodes advertising T4 and
-L4 accelerators and a CPU node each get their pool at their class's precision (T4 fp16, L4 bf16), and a node removed
+L4 accelerators and a CPU node each get their pool at their class's precision (T4 fp32, L4 bf16), and a node removed
 mid-run loses no tile. The GPUs are simulated: the config injects device "cpu" for the cuda classes."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_each_hardware_class_gets_its_pool_and_precision(cluster: Any, inputs: P
     assert {"cuda-T4", "cuda-L4"} <= classes and any(c.startswith("cpu-") for c in classes), seen
     for cls, precision in seen:
         assert precision == builtin_policy(cls).precision, (cls, precision)
-    assert dict(seen).get(("cuda-T4", "fp16")) and dict(seen).get(("cuda-L4", "bf16"))
+    assert dict(seen).get(("cuda-T4", "fp32")) and dict(seen).get(("cuda-L4", "bf16"))
     assert_complete_once(str(inputs / "routed.zarr"), NINE)
 
 

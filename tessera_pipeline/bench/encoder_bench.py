@@ -20,7 +20,8 @@ from tessera_pipeline import __version__
 from tessera_pipeline.bench.peak import matmul_peaks
 from tessera_pipeline.bench.quality import Quality, compare
 from tessera_pipeline.encode import EncodedTile, EncodeSettings, EncodeStats, TileEncoder
-from tessera_pipeline.hardware import Precision, configure_threads, detect
+from tessera_pipeline.hardware import configure_threads, detect
+from tessera_pipeline.precision import Precision
 from tessera_pipeline.inputs.synthetic import synthetic_arrays
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model import LoadedModel, build_model, v1_0_config, v1_1_config

@@ -33,7 +33,7 @@ import torch
 
 from tessera_pipeline.bench.quality import compare
 from tessera_pipeline.encode.encoder import EncodedTile, TileEncoder
-from tessera_pipeline.hardware import Precision
+from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
 

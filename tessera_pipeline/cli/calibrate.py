@@ -22,7 +22,7 @@ def calibrate_profile(
     usd_per_hour_spot: float | None,
 ) -> None:
     """Calibrate this machine and write (or print) its profile; --batch-size left at its default means the run policy's."""
-    from tessera_pipeline.plan.calibrate import calibrate, write_profile
+    from tessera_pipeline.bench.calibrate import calibrate, write_profile
     from tessera_pipeline.plan.profiles import dump_profiles
 
     console = Console(stderr=True)

@@ -12,7 +12,7 @@ from tessera_pipeline.cli.options import RegionRequest, region_options, select_t
 from tessera_pipeline.errors import ArgumentError, ConfigError
 
 if TYPE_CHECKING:
-    from tessera_pipeline.plan import Fleet, PlanRow, Work
+    from tessera_pipeline.plan import PlanRow, Work
 
 
 @click.command("plan")
@@ -25,38 +25,64 @@ if TYPE_CHECKING:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A run config: its node_types precisions replace the built-in policy, as in `run`.")
 @click.option("--price", "prices", multiple=True, metavar="NAME=USD",
-              help="On-demand $/hour for a profile (e.g. the L4, which has no published price); repeatable.")
+              help="On-demand $/hour for a profile (e.g. the H200, which has no verified price); repeatable.")
 @click.option("--spot-price", "spot_prices", multiple=True, metavar="NAME=USD", help="Spot $/hour for a profile; repeatable.")
 @click.option("--deadline", "deadline_days", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Days: also print the cheapest mix of machines that finishes within it.")
+              help="Days: also print the cheapest fleet that finishes within it, and its bill.")
 @click.option("--quota", "quotas", multiple=True, metavar="NAME=N",
-              help="Most machines of a profile the mix may use (NAME:spot=N for spot, which brings spot in); "
+              help="Most machines of a profile the fleet may use (NAME:spot=N for spot, which brings spot in); "
               "unnamed types are unlimited, 0 excludes one.")
-@click.option("--spot", is_flag=True, help="Let the mix use spot machines too (evictions are retried by `run`).")
+@click.option("--spot", is_flag=True, help="Let the fleet use spot machines too (evictions are retried by `run`).")
+@click.option("--with-published", is_flag=True,
+              help="Let fleets use published profiles too (upstream's code: by default only measured and projected ones).")
 @click.option("--machines", "machines", multiple=True, metavar="NAME=N",
-              help="Also estimate the wall time and cost of this fixed fleet (NAME or NAME:spot); repeatable.")
+              help="Also estimate the wall time and bill of this fixed fleet (NAME or NAME:spot); repeatable.")
 @click.option("--tile-count", type=click.IntRange(min=1), default=None,
               help="Number of tiles, replacing a region (to reproduce published tables).")
 @click.option("--pixels-per-tile", type=click.IntRange(min=1), default=None,
               help="Pixels of every tile, replacing the real tile geometry (published tables: 776940).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows (per profile; mix or fleet rows too).")
+@click.option("--tokens-per-pixel", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Mean S2 + S1 observations per pixel of the real tiles; timings that record theirs are scaled by "
+              "the ratio (time is linear in them). Default: each profile as timed.")
+@click.option("--input-region", default=None, help="Region the inputs are stored in (egress is charged when it "
+              "differs from --compute-region).")
+@click.option("--compute-region", default=None, help="Region the machines run in.")
+@click.option("--storage-price", type=click.FloatRange(min=0), default=None, metavar="USD",
+              help="Output storage, $ per GB-month (default: S3 Standard's).")
+@click.option("--egress-price", type=click.FloatRange(min=0), default=None, metavar="USD",
+              help="Input egress, $ per GB (default: S3 inter-region transfer).")
+@click.option("--eviction-rate", type=click.FloatRange(min=0), default=None, metavar="PER_HOUR",
+              help="Spot evictions per machine-hour (default: an assumed 0.05).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: work, assumptions, sources, rows, and the fleet and mix with their bills.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also draw ms/pixel and cost charts (PNG) into this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace chart files that already exist in the --plot folder.")
 def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_builtin: bool, config_file: Path | None,
          prices: tuple[str, ...], spot_prices: tuple[str, ...], deadline_days: float | None, quotas: tuple[str, ...], spot: bool,
-         machines: tuple[str, ...], tile_count: int | None, pixels_per_tile: int | None, as_json: bool,
-         plot_dir: Path | None) -> None:
-    """Estimate a run before paying for it: tiles and pixels, then per hardware profile the seconds per
-    tile, machine-hours, $/tile and total cost on demand and spot.
+         with_published: bool, machines: tuple[str, ...], tile_count: int | None, pixels_per_tile: int | None,
+         tokens_per_pixel: float | None, input_region: str | None, compute_region: str | None,
+         storage_price: float | None, egress_price: float | None, eviction_rate: float | None, as_json: bool,
+         plot_dir: Path | None, overwrite: bool) -> None:
+    """Estimate a run before paying for it: tiles and pixels, then per hardware profile (measured, projected
+    from a measured one, or upstream's published figures) the seconds per tile, machine-hours, $/tile and
+    total cost on demand and spot; with --deadline, the cheapest fleet and its whole bill (compute,
+    evictions, output storage, requests, egress).
 
     Pixels come from the real tile geometry of the region (each tile's UTM raster at 10 m) unless
-    --pixels-per-tile is given; --tile-count replaces the region. Built-in profiles carry published
-    timings and prices; `bench --calibrate` writes one for the machine at hand.
+    --pixels-per-tile is given; --tile-count replaces the region. `bench --calibrate` writes a
+    measured profile of the machine at hand.
     """
     from tessera_pipeline import plan as planning
+    from tessera_pipeline.plan.bill import Assumptions
     from tessera_pipeline.plan.profiles import find_profile, parse_assignments
 
-    work = _work(region, tile_count, pixels_per_tile)
+    if plot_dir is not None:
+        from tessera_pipeline.cli.outputs import check_output_files
+        from tessera_pipeline.plan.plots import COST_PNG, MS_PER_PIXEL_PNG
+
+        check_output_files([plot_dir / MS_PER_PIXEL_PNG, plot_dir / COST_PNG], "--plot", overwrite=overwrite)
+    work = _work(region, tile_count, pixels_per_tile, tokens_per_pixel)
     profiles = [] if no_builtin else planning.builtin_profiles()
     for path in profile_files:
         profiles = planning.merge_profiles(profiles, planning.load_profiles(path))
@@ -68,20 +94,23 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
         target = find_profile(profiles, key)
         profiles = [p.with_prices(on_demand.get(key), spot_given.get(key)) if p.name == target.name else p for p in profiles]
     overrides = _precision_overrides(config_file)
+    given = {"input_region": input_region, "compute_region": compute_region, "storage_usd_per_gb_month": storage_price,
+             "egress_usd_per_gb": egress_price, "evictions_per_hour": eviction_rate}
+    assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
     rows = planning.cost_rows(work, profiles, model, overrides)
     if not rows:
         raise ArgumentError(f"no profile has a {model} timing")
-    extra: list[dict[str, Any]] = []
+    bases = ("measured", "projected", "published") if with_published else ("measured", "projected")
     fleet = mix = None
     if machines:
         counts = {k: int(v) for k, v in parse_assignments(machines, "--machines", as_int=True).items()}
-        fleet = planning.fleet_estimate(work, planning.fleet_from_counts(profiles, model, counts, overrides), model)
-        extra += _fleet_rows(fleet, "fleet")
+        chosen = planning.fleet_from_counts(profiles, model, counts, overrides, assumptions.evictions_per_hour)
+        fleet = planning.fleet_estimate(work, chosen, model)
     if deadline_days is not None:
         limits = {k: int(v) for k, v in parse_assignments(quotas, "--quota", as_int=True).items()}
-        options = planning.build_options(profiles, model, quotas=limits, spot=spot, overrides=overrides)
+        options = planning.build_options(profiles, model, quotas=limits, spot=spot, overrides=overrides, bases=bases,
+                                         evictions_per_hour=assumptions.evictions_per_hour)
         mix = planning.cheapest_mix(work, options, model, deadline_days)
-        extra += _fleet_rows(mix, "mix")
     elif quotas:
         raise ArgumentError("--quota only applies with --deadline")
     if plot_dir is not None:
@@ -89,10 +118,11 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
 
         for path in draw_plots(profiles, rows, work, plot_dir):
             click.echo(f"wrote {path}", err=True)
+    report = planning.plan_report(work, model, profiles, rows, assumptions, fleet=fleet, mix=mix, fleet_bases=bases)
     if as_json:
-        click.echo(json.dumps([r.model_dump() for r in rows] + extra, indent=1))
+        click.echo(json.dumps(report, indent=1))
         return
-    _print(work, model, rows, fleet, mix)
+    _print(work, model, rows, report)
 
 
 def _precision_overrides(config_file: Path | None) -> dict[str, str]:
@@ -115,46 +145,22 @@ def _precision_overrides(config_file: Path | None) -> dict[str, str]:
     return out
 
 
-def _work(region: RegionRequest, tile_count: int | None, pixels_per_tile: int | None) -> Work:
-    """The work from --tile-count/--pixels-per-tile, or from the region's real tiles."""
+def _work(region: RegionRequest, tile_count: int | None, pixels_per_tile: int | None, tokens_per_pixel: float | None) -> Work:
+    """The work from --tile-count/--pixels-per-tile, or from the region's real tiles, at the assumed observations per pixel."""
+    from dataclasses import replace
+
     from tessera_pipeline.plan import assumed_work, work_from_tiles
     from tessera_pipeline.plan.cost import MANCHESTER_PIXELS
 
     if tile_count is not None:
         if region.given:
             raise ArgumentError("--tile-count replaces the region: give one or the other")
-        return assumed_work(tile_count, pixels_per_tile or MANCHESTER_PIXELS)
-    if not region.given:
+        work = assumed_work(tile_count, pixels_per_tile or MANCHESTER_PIXELS)
+    elif not region.given:
         raise ArgumentError("no tiles: give a region (--bbox, --region-file, --tiles, --global) or --tile-count")
-    return work_from_tiles(select_tiles(region), pixels_per_tile)
-
-
-def _fleet_rows(fleet: Fleet, kind: str) -> list[dict[str, Any]]:
-    """A fleet as JSON rows: one per machine type (`kind`), then one `<kind>-total`."""
-    rows = [item.model_copy(update={"kind": kind}).model_dump() for item in fleet.items]
-    rows.append({
-        "kind": f"{kind}-total",
-        "machines": sum(i.machines for i in fleet.items),
-        "wall_s": fleet.wall_s,
-        "wall_days": fleet.wall_days,
-        "hours": fleet.hours,
-        "usd_total": fleet.usd_total,
-        "deadline_days": fleet.deadline_days,
-        "meets_deadline": fleet.meets_deadline,
-        "note": fleet.note,
-    })
-    return rows
-
-
-def _usd(value: float | None) -> str:
-    """Dollars, short: $0.23, $641.9k, $1.23M; '-' when unknown."""
-    if value is None:
-        return "-"
-    if value >= 1e6:
-        return f"${value / 1e6:,.2f}M"
-    if value >= 1e4:
-        return f"${value / 1e3:,.1f}k"
-    return f"${value:,.2f}" if value < 100 else f"${value:,.0f}"
+    else:
+        work = work_from_tiles(select_tiles(region), pixels_per_tile)
+    return replace(work, tokens_per_pixel=tokens_per_pixel)
 
 
 def _duration(seconds: float) -> str:
@@ -165,30 +171,42 @@ def _duration(seconds: float) -> str:
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def _print(work: Work, model: str, rows: list[PlanRow], fleet: Fleet | None, mix: Fleet | None) -> None:
+def _print(work: Work, model: str, rows: list[PlanRow], report: dict[str, Any]) -> None:
     """Human-readable tables on stdout."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=160)
+    from tessera_pipeline.plan.plots import usd_label
+
+    console = Console(width=170)
     console.print(f"[bold]{work.tiles:,} tiles[/], {work.pixels:,} pixels ({work.mean_pixels:,.0f} per tile) "
-                  f"from {work.source}; model {model}")
-    table = Table("profile", "class", "precision", "s/tile", "ms/px", "machine-h", "$/tile", "total", "total spot")
+                  f"from {work.source}; model {model}; observations per pixel: {report['assumptions']['tokens_per_pixel']}")
+    table = Table("profile", "basis", "class", "precision", "s/tile", "ms/px", "machine-h", "$/tile", "total", "total spot")
     for r in sorted(rows, key=lambda r: (r.usd_total is None, r.usd_total or 0.0, r.hours)):
-        table.add_row(r.profile, r.hw_class, r.precision + (" *" if r.policy else ""), f"{r.seconds_per_tile:,.1f}",
+        table.add_row(r.profile, r.basis, r.hw_class, r.precision + (" *" if r.policy else ""), f"{r.seconds_per_tile:,.1f}",
                       f"{r.ms_per_pixel:.3f}", f"{r.hours:,.0f}" if r.hours >= 100 else f"{r.hours:.3f}",
-                      "-" if r.usd_per_tile is None else f"${r.usd_per_tile:.4f}", _usd(r.usd_total), _usd(r.usd_total_spot))
+                      "-" if r.usd_per_tile is None else usd_label(r.usd_per_tile), usd_label(r.usd_total),
+                      usd_label(r.usd_total_spot))
     console.print(table)
-    console.print("* the precision `run` uses on that hardware class. '-': no published price (give one with --price).")
-    for title, estimate in (("fleet", fleet), ("cheapest mix", mix)):
+    console.print("* the precision `run` uses on that class (rows without * are options: a run config can choose them). "
+                  "measured: this pipeline; projected: from the measured H200 by datasheet; published: upstream's code. "
+                  "'-': no verified price (give one with --price). Sources: --json.")
+    for title, key in (("fleet", "fleet"), ("cheapest fleet", "mix")):
+        estimate = report.get(key)
         if estimate is None:
             continue
         head = f"[bold]{title}[/]"
-        if estimate.deadline_days is not None:
-            head += f" for a {estimate.deadline_days:g}-day deadline"
-        console.print(head + (f": {estimate.note}" if estimate.note else ""))
-        mt = Table("machines", "profile", "precision", "pricing", "tiles", "machine-h", "cost")
-        for i in estimate.items:
-            mt.add_row(str(i.machines), i.profile, i.precision, i.pricing, f"{i.tiles:,.0f}", f"{i.hours:,.1f}", _usd(i.usd_total))
+        if estimate["deadline_days"] is not None:
+            head += f" for a {estimate['deadline_days']:g}-day deadline"
+        console.print(head + (f": {estimate['note']}" if estimate["note"] else ""))
+        mt = Table("machines", "profile", "basis", "precision", "pricing", "tiles", "machine-h", "cost", "lost to evictions")
+        for i in estimate["items"]:
+            mt.add_row(str(i["machines"]), i["profile"], i["basis"], i["precision"], i["pricing"], f"{i['tiles']:,.0f}",
+                       f"{i['hours']:,.1f}", usd_label(i["usd_total"]), f"{100 * i['eviction_share']:.2f} %")
         console.print(mt)
-        console.print(f"wall time {_duration(estimate.wall_s)}, {estimate.hours:,.1f} machine-hours, total {_usd(estimate.usd_total)}")
+        b = estimate["bill"]
+        console.print(f"wall time {_duration(estimate['wall_s'])}, {estimate['hours']:,.1f} machine-hours. Bill: compute "
+                      f"{usd_label(b['compute_usd'])} (evictions {usd_label(b['eviction_usd'])}), storage "
+                      f"{b['storage_tb']:,.1f} TB at {usd_label(b['storage_usd_per_month'])}/month, "
+                      f"{b['put_requests']:,} PUT + {b['get_requests']:,} GET requests {usd_label(b['requests_usd'])}, "
+                      f"egress {usd_label(b['egress_usd'])}; total {usd_label(b['total_usd'])} ({b['note']})")

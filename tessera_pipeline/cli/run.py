@@ -65,13 +65,14 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
     from tessera_pipeline.plan.estimate import estimate_hours
 
     model = report.checkpoint.model_version if report.checkpoint else (config.model or "v1.1")
-    estimates = estimate_hours(report.todo_pixels, model, config)
+    precisions = {cls: policy.precision for cls, policy in config.node_types.items() if policy.precision}
+    estimates = estimate_hours(report.todo_pixels, model, precisions)
     if as_json:
         click.echo(json.dumps({
             "tiles": report.planned, "pixels": report.planned_pixels, "already_complete": report.already_complete,
             "failed_left_out": report.skipped_failed, "todo_tiles": report.todo, "todo_pixels": report.todo_pixels,
             "model": model, "missing_inputs": report.missing_inputs,
-            "estimates": [{"profile": e.profile, "hw_class": e.hw_class, "precision": e.precision,
+            "estimates": [{"profile": e.profile, "hw_class": e.hw_class, "basis": e.basis, "precision": e.precision,
                            "machine_hours": round(e.machine_hours, 2)} for e in estimates],
         }, indent=1))
         return

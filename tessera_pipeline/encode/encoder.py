@@ -28,12 +28,13 @@ from tessera_pipeline.encode.normalisation import V1_0, V1_1, DataSource, NormSt
 from tessera_pipeline.encode.quantise import quantise
 from tessera_pipeline.encode.result import EncodedTile, EncodeStats
 from tessera_pipeline.errors import EncodeError
-from tessera_pipeline.hardware import Precision, keep_freed_memory
+from tessera_pipeline.hardware import keep_freed_memory
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.architecture import BackboneConfig, TransformerEncoder
 from tessera_pipeline.model.checkpoint import LoadedModel
 from tessera_pipeline.model.flops import backbone_flops, reducer_flops
 from tessera_pipeline.model.packed import Pack, PackedBackbone
+from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
 

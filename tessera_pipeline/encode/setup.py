@@ -17,18 +17,14 @@ from tessera_pipeline import __version__
 from tessera_pipeline.encode.encoder import EncodedTile, EncodeSettings, TileEncoder
 from tessera_pipeline.encode.normalisation import DataSource
 from tessera_pipeline.errors import ArgumentError
-from tessera_pipeline.hardware import HardwareInfo, Precision, configure_threads, default_precision, detect
+from tessera_pipeline.hardware import HardwareInfo, configure_threads, detect
 from tessera_pipeline.inputs.fingerprint import input_fingerprint
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.architecture import ModelVersion
 from tessera_pipeline.model.checkpoint import load_model
+from tessera_pipeline.precision import Precision, class_defaults
 
 log = logging.getLogger(__name__)
-
-#: Default pack size (pixels of 64 tokens) per device type: CPU packs fit oneDNN's caches; GPU packs
-#: of ~131k tokens keep the GEMMs large and the launches per pixel few.
-DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 2048}
-
 
 def build_encoder(
     checkpoint: str,
@@ -47,7 +43,7 @@ def build_encoder(
 
     `device` is "auto", "cpu" or "cuda[:N]". CPUs run the packed oneDNN path; accelerators the
     fixed-shape path (warmed up here, so the first tile runs at steady-state speed). `batch_size`
-    None picks the device's default (`DEFAULT_BATCH_SIZE`).
+    and `precision` None pick the class's defaults (`precision.class_defaults`).
     """
     check_device(device)
     hw = detect(device)
@@ -63,21 +59,30 @@ def build_encoder(
             "the one the model was trained with, and the embeddings will differ",
             checkpoint_label(loaded.source), from_ckpt, data_source,
         )
+    settings = encode_settings(hw, precision=precision, batch_size=batch_size, data_source=data_source, seed=seed,
+                               cuda_graphs=cuda_graphs)
+    log.info("encoder: %s on %s, %s, %s, batch %d, %s kernels, %d threads", loaded.config.version, hw.kind, settings.precision,
+             data_source, settings.batch_size, settings.kernels, torch.get_num_threads())
+    encoder = TileEncoder(loaded, settings)
+    encoder.warm_up()
+    return encoder, hw
+
+
+def encode_settings(hw: HardwareInfo, *, precision: Precision | None = None, batch_size: int | None = None,
+                    data_source: DataSource = "mpc", seed: int = 0, cuda_graphs: bool = False) -> EncodeSettings:
+    """How `run`'s actors encode on this hardware: the class's precision and pack size unless given, packed
+    kernels on a CPU, the fixed-shape engine on an accelerator (calibration times exactly these)."""
     on_cpu = hw.device == "cpu"
-    settings = EncodeSettings(
-        precision=precision or default_precision(hw),
-        batch_size=batch_size or DEFAULT_BATCH_SIZE["cpu" if on_cpu else "cuda"],
+    defaults = class_defaults(hw.kind, hw.gpu_capability)
+    return EncodeSettings(
+        precision=precision or defaults.precision,
+        batch_size=batch_size or defaults.batch_size,
         data_source=data_source,
         seed=seed,
         device=hw.device,
         kernels="packed" if on_cpu else "fixed",
         cuda_graphs=cuda_graphs and not on_cpu,
     )
-    log.info("encoder: %s on %s, %s, %s, batch %d, %s kernels, %d threads", loaded.config.version, hw.kind, settings.precision,
-             data_source, settings.batch_size, settings.kernels, torch.get_num_threads())
-    encoder = TileEncoder(loaded, settings)
-    encoder.warm_up()
-    return encoder, hw
 
 
 def checkpoint_label(source: str) -> str:

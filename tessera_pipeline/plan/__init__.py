@@ -1,5 +1,9 @@
-"""Cost and time planning: hardware profiles (published or calibrated here) applied to a region's real pixels."""
+"""Cost and time planning, a pure cost model: hardware profiles (measured, projected, published) in, a bill out.
 
+Imports neither `bench` (which writes measured profiles) nor `run` (which passes its config's precisions in).
+"""
+
+from tessera_pipeline.plan.bill import Assumptions, Bill, bill
 from tessera_pipeline.plan.cost import (
     Fleet,
     FleetItem,
@@ -16,8 +20,11 @@ from tessera_pipeline.plan.cost import (
     work_from_tiles,
 )
 from tessera_pipeline.plan.profiles import Profile, Timing, builtin_profiles, load_profiles, merge_profiles
+from tessera_pipeline.plan.report import plan_report
 
 __all__ = [
+    "Assumptions",
+    "Bill",
     "Fleet",
     "FleetItem",
     "Option",
@@ -26,6 +33,7 @@ __all__ = [
     "Timing",
     "Work",
     "assumed_work",
+    "bill",
     "build_options",
     "builtin_profiles",
     "cheapest_mix",
@@ -34,6 +42,7 @@ __all__ = [
     "fleet_from_counts",
     "load_profiles",
     "merge_profiles",
+    "plan_report",
     "policy_precision",
     "work_from_tiles",
 ]

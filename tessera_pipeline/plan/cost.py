@@ -7,15 +7,17 @@ pixel, so the cheapest fleet that meets a deadline fills the required rate with 
 lowest cost per pixel first, up to each type's quota (a greedy choice that is optimal up to the
 rounding of the last type's machine count).
 
-Time per tile is the profile's seconds per pixel times the tile's pixels, plus fixed per-tile
-seconds (the encoder's own, measured by calibration, and the store commit); each machine also pays
-`startup_s` once. Precision per hardware class is what `run` uses
-(its built-in policy), unless the caller asks for another.
+Time per tile is the profile's seconds per pixel times the tile's pixels (times the tokens-per-pixel
+factor: time is linear in observations per pixel), plus fixed per-tile seconds (the encoder's own,
+measured by calibration, and the store commit); each machine also pays `startup_s` once. Precision
+per hardware class is the precision policy's (`tessera_pipeline.precision`) unless a run config
+says otherwise; a profile without a timing at that precision shows its rows, none marked as the
+run's, and stays out of fleets. Spot machines lose work to evictions: each eviction costs the
+tile in flight (half a tile on average) and a new start-up, at an assumed rate per machine-hour.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +28,9 @@ from pydantic import BaseModel
 
 from tessera_pipeline.errors import ArgumentError
 from tessera_pipeline.grid import TileSet, geometry_arrays
-from tessera_pipeline.plan.profiles import Profile
+from tessera_pipeline.plan.profiles import Basis, Profile, Timing
+from tessera_pipeline.precision import class_defaults
 
-log = logging.getLogger(__name__)
 
 Pricing = Literal["on-demand", "spot"]
 SECONDS_PER_DAY = 86400.0
@@ -39,11 +41,15 @@ PUBLISHED_TILE_COUNT = 1_593_480
 
 @dataclass(frozen=True)
 class Work:
-    """What a run has to encode: tile count and total pixels, and where the pixel count came from."""
+    """What a run has to encode: tile count, total pixels, where they came from, and the assumed observations per pixel.
+
+    `tokens_per_pixel` None times every profile at the observations of its own timed tile (factor 1).
+    """
 
     tiles: int
     pixels: int
     source: str
+    tokens_per_pixel: float | None = None
 
     @property
     def mean_pixels(self) -> float:
@@ -67,17 +73,22 @@ def assumed_work(tile_count: int, pixels_per_tile: int = MANCHESTER_PIXELS) -> W
     return Work(tile_count, tile_count * pixels_per_tile, f"{pixels_per_tile:,} pixels per tile (given)")
 
 
-def policy_precision(profile: Profile, model: str, overrides: Mapping[str, str] | None = None) -> str | None:
-    """The precision `run` would use on this profile's class (run config `overrides` by class first, then
-    the built-in policy) if the profile has a timing for it, else the profile's fastest."""
-    from tessera_pipeline.run.policy import builtin_policy
+def run_precision(hw_class: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The precision `run` uses on a class: the run config's `overrides` by class, else the precision policy's."""
+    return (overrides or {}).get(hw_class) or class_defaults(hw_class).precision
 
-    wanted = (overrides or {}).get(profile.hw_class) or builtin_policy(profile.hw_class).precision
-    if profile.timing(model, wanted) is not None:
-        return wanted
-    log.warning("profile %s has no %s %s timing: using its fastest precision", profile.name, model, wanted)
-    timings = [t for t in profile.timings if t.model == model]
-    return min(timings, key=lambda t: t.seconds_per_pixel).precision if timings else None
+
+def policy_precision(profile: Profile, model: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """The run's precision on this profile's class when the profile has a timing for it, else None (never a fallback)."""
+    wanted = run_precision(profile.hw_class, overrides)
+    return wanted if profile.timing(model, wanted) is not None else None
+
+
+def tokens_factor(work: Work, timing: Timing) -> float:
+    """How much longer the work's pixels take than the timed tile's: assumed over timed observations per pixel (1 if either is unknown)."""
+    if work.tokens_per_pixel is None or timing.tokens_per_pixel is None:
+        return 1.0
+    return work.tokens_per_pixel / timing.tokens_per_pixel
 
 
 class PlanRow(BaseModel):
@@ -87,9 +98,11 @@ class PlanRow(BaseModel):
     profile: str
     machine: str
     hw_class: str
+    basis: Basis
     model: str
     precision: str
     policy: bool
+    tokens_factor: float
     seconds_per_tile: float
     ms_per_pixel: float
     hours: float
@@ -106,7 +119,8 @@ def _seconds(work: Work, profile: Profile, model: str, precision: str) -> float:
     timing = profile.timing(model, precision)
     if timing is None:
         raise ArgumentError(f"profile {profile.name} has no {model} {precision} timing")
-    return work.pixels * timing.seconds_per_pixel + work.tiles * (timing.fixed_s + profile.tile_overhead_s)
+    per_pixel = timing.seconds_per_pixel * tokens_factor(work, timing)
+    return work.pixels * per_pixel + work.tiles * (timing.fixed_s + profile.tile_overhead_s)
 
 
 def _usd(hours: float, price: float | None) -> float | None:
@@ -130,11 +144,13 @@ def cost_rows(work: Work, profiles: Iterable[Profile], model: str,
                     profile=profile.name,
                     machine=profile.machine,
                     hw_class=profile.hw_class,
+                    basis=profile.basis,
                     model=model,
                     precision=precision,
                     policy=precision == policy,
+                    tokens_factor=tokens_factor(work, timing) if timing else 1.0,
                     seconds_per_tile=per_tile,
-                    ms_per_pixel=1e3 * timing.seconds_per_pixel if timing else 0.0,
+                    ms_per_pixel=1e3 * timing.seconds_per_pixel * tokens_factor(work, timing) if timing else 0.0,
                     hours=hours,
                     usd_per_hour=profile.usd_per_hour,
                     usd_per_hour_spot=profile.usd_per_hour_spot,
@@ -149,12 +165,16 @@ def cost_rows(work: Work, profiles: Iterable[Profile], model: str,
 
 @dataclass(frozen=True)
 class Option:
-    """A way to buy work: a profile at one precision and one pricing, with a machine quota (None: unlimited)."""
+    """A way to buy work: a profile at one precision and one pricing, with a machine quota (None: unlimited).
+
+    `evictions_per_hour` is the assumed eviction rate of a spot machine (0 on demand).
+    """
 
     profile: Profile
     precision: str
     pricing: Pricing
     quota: int | None
+    evictions_per_hour: float = 0.0
 
     @property
     def usd_per_hour(self) -> float | None:
@@ -169,6 +189,7 @@ class FleetItem(BaseModel):
     profile: str
     machine: str
     hw_class: str
+    basis: Basis
     precision: str
     pricing: str
     machines: int
@@ -176,6 +197,7 @@ class FleetItem(BaseModel):
     hours: float
     usd_per_hour: float | None
     usd_total: float | None
+    eviction_share: float = 0.0
 
 
 class Fleet(BaseModel):
@@ -195,10 +217,19 @@ class Fleet(BaseModel):
         return self.wall_s / SECONDS_PER_DAY
 
 
-def _rate(work: Work, option: Option, model: str) -> float:
-    """Tiles per second of one machine of this option, for this work's mean tile."""
+def eviction_share(work: Work, option: Option, model: str) -> float:
+    """Share of a spot machine's time lost to evictions: rate x (half a tile in flight + a new start-up)."""
+    if option.evictions_per_hour <= 0:
+        return 0.0
     per_tile = _seconds(work, option.profile, model, option.precision) / work.tiles
-    return 1.0 / per_tile
+    lost_s = 0.5 * per_tile + option.profile.startup_s
+    return min(option.evictions_per_hour * lost_s / 3600.0, 0.99)
+
+
+def _rate(work: Work, option: Option, model: str) -> float:
+    """Tiles per second of one machine of this option, for this work's mean tile, less what evictions lose."""
+    per_tile = _seconds(work, option.profile, model, option.precision) / work.tiles
+    return (1.0 - eviction_share(work, option, model)) / per_tile
 
 
 def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) -> Fleet:
@@ -219,6 +250,7 @@ def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) 
                 profile=option.profile.name,
                 machine=option.profile.machine,
                 hw_class=option.profile.hw_class,
+                basis=option.profile.basis,
                 precision=option.precision,
                 pricing=option.pricing,
                 machines=n,
@@ -226,6 +258,7 @@ def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) 
                 hours=hours,
                 usd_per_hour=option.usd_per_hour,
                 usd_total=_usd(hours, option.usd_per_hour),
+                eviction_share=eviction_share(work, option, model),
             )
         )
     costs = [i.usd_total for i in items]
@@ -240,20 +273,24 @@ def build_options(
     quotas: Mapping[str, int] | None = None,
     spot: bool = False,
     overrides: Mapping[str, str] | None = None,
+    bases: Iterable[str] = ("measured", "projected"),
+    evictions_per_hour: float = 0.0,
 ) -> list[Option]:
     """The priced options of the mix: each profile at its run precision, on demand (and spot when asked).
 
     `quotas` maps a profile name or machine (`NAME`, or `NAME:spot` for spot) to a machine count;
     a type not named is unlimited. A spot quota brings that type's spot option in even without
-    `spot`. Profiles without a price, or without a timing for `model`, are left out. `overrides`
-    maps a hardware class to the precision a run config sets for it.
+    `spot`. Profiles without a price, without a timing at the run's precision for `model`, or of a
+    basis not in `bases` (published figures are upstream's code, not this pipeline) are left out.
+    `overrides` maps a hardware class to the precision a run config sets for it.
     """
     quotas = dict(quotas or {})
+    allowed = set(bases)
     known: set[str] = set()
     options: list[Option] = []
     for profile in profiles:
         precision = policy_precision(profile, model, overrides)
-        if precision is None:
+        if precision is None or profile.basis not in allowed:
             continue
         for pricing in ("on-demand", "spot"):
             suffix = "" if pricing == "on-demand" else ":spot"
@@ -261,17 +298,19 @@ def build_options(
             known.update(names)
             quota = next((int(quotas[n]) for n in names if n in quotas), None)
             wanted = pricing == "on-demand" or spot or quota is not None
-            option = Option(profile, precision, pricing, quota)  # type: ignore[arg-type]
+            rate = evictions_per_hour if pricing == "spot" else 0.0
+            option = Option(profile, precision, pricing, quota, rate)  # type: ignore[arg-type]
             if wanted and option.usd_per_hour is not None and quota != 0:
                 options.append(option)
     unknown = sorted(set(quotas) - known)
     if unknown:
-        raise ArgumentError(f"--quota names no profile with a {model} timing: {', '.join(unknown)}")
+        raise ArgumentError(f"--quota names no profile the mix may use (a {model} timing at the run's precision, "
+                            f"basis {'/'.join(sorted(allowed))}): {', '.join(unknown)}")
     return options
 
 
 def fleet_from_counts(profiles: Sequence[Profile], model: str, counts: Mapping[str, int],
-                      overrides: Mapping[str, str] | None = None) -> list[tuple[Option, int]]:
+                      overrides: Mapping[str, str] | None = None, evictions_per_hour: float = 0.0) -> list[tuple[Option, int]]:
     """A fixed fleet from `NAME=N` / `NAME:spot=N` counts, each profile at its run precision (unpriced allowed)."""
     from tessera_pipeline.plan.profiles import find_profile
 
@@ -283,8 +322,11 @@ def fleet_from_counts(profiles: Sequence[Profile], model: str, counts: Mapping[s
         profile = find_profile(profiles, name)
         precision = policy_precision(profile, model, overrides)
         if precision is None:
-            raise ArgumentError(f"--machines {key}: profile {profile.name} has no {model} timing")
-        fleet.append((Option(profile, precision, "spot" if suffix else "on-demand", None), int(count)))
+            raise ArgumentError(f"--machines {key}: profile {profile.name} has no {model} timing at the run's precision "
+                                f"{run_precision(profile.hw_class, overrides)} (a run config's node_types can set another)")
+        pricing = "spot" if suffix else "on-demand"
+        rate = evictions_per_hour if suffix else 0.0
+        fleet.append((Option(profile, precision, pricing, None, rate), int(count)))  # type: ignore[arg-type]
     return fleet
 
 

@@ -2,9 +2,12 @@
 
 A profile is one machine type (an Azure size, a workstation, the machine at hand after
 `bench --calibrate`). Its timings are wall seconds of the whole machine for one tile of a known
-pixel count, so `plan` can scale them to every tile's real size. The built-in profiles
-(`profiles.yaml` beside this module) carry the published figures with their sources; users add
-or override profiles with a YAML or JSON file of the same shape.
+pixel count, so `plan` can scale them to every tile's real size. Every profile says its `basis`:
+`measured` (this pipeline, by a command, on a date), `projected` (computed here from a measured
+profile by the card's datasheet dense peak and memory bandwidth, `Projection`), or `published`
+(upstream's figures, kept for comparison). The built-in profiles live in `profiles.yaml` beside
+this module with their sources; users add or override profiles with a YAML or JSON file of the
+same shape.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tessera_pipeline.errors import ArgumentError, ConfigError
-from tessera_pipeline.run.config import format_validation_error
+from tessera_pipeline.errors import ArgumentError, ConfigError, format_validation_error
+from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
 
 ModelName = Literal["v1.0", "v1.1"]
-PrecisionName = Literal["fp32", "bf16", "fp16"]
+Basis = Literal["measured", "projected", "published"]
 BUILTIN_FILE = "profiles.yaml"
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d{2}(?:\.\d+)?)$")
 
@@ -51,10 +54,12 @@ class Timing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: ModelName
-    precision: PrecisionName
+    precision: Precision
     seconds: float = Field(gt=0, description="Wall seconds of the whole machine for one tile.")
     pixels: int = Field(gt=0, description="Pixels of the timed tile.")
     fixed_s: float = Field(default=0.0, ge=0, description="Part of `seconds` that any tile costs, whatever its size.")
+    tokens_per_pixel: float | None = Field(default=None, gt=0, description="Mean S2 + S1 observations per pixel of the timed "
+                                           "tile (time is linear in them); None when not known.")
     source: str | None = None
 
     @field_validator("seconds", mode="before")
@@ -80,20 +85,52 @@ class Timing(BaseModel):
         return self.fixed_s + pixels * self.seconds_per_pixel
 
 
+class Datasheet(BaseModel):
+    """A card's dense (no sparsity) peak TFLOP/s per precision and its memory bandwidth, with their source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peak_tflops: dict[Precision, float]
+    bandwidth_gbs: float = Field(gt=0)
+    source: str = Field(min_length=1)
+
+
+class Projection(BaseModel):
+    """How a projected profile's timings follow from a measured one: t = t_base x (s x P_base/P + (1 - s) x B_base/B) / e.
+
+    `s` (`compute_share`, per base precision) is the share of the base's time that scales with dense
+    peak P (GEMMs and attention), the rest scales with memory bandwidth B; `e` (`efficiency`) is the fraction of the
+    base's achieved share of peak and bandwidth this machine is assumed to reach. `precisions` maps
+    each projected precision to the base timing it comes from (e.g. T4 fp16 from the H200's bf16).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str = Field(min_length=1, description="Name of the measured profile projected from.")
+    precisions: dict[Precision, Precision]
+    compute_share: dict[Precision, float]
+    efficiency: float = Field(gt=0, le=1)
+    reason: str = Field(min_length=1, description="Where compute_share and efficiency come from.")
+
+
 class Profile(BaseModel):
-    """One machine type: its hardware class (as `run` routes on), prices and measured timings."""
+    """One machine type: its hardware class (as `run` routes on), prices, timings and where they come from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     machine: str = ""
     hw_class: str = Field(min_length=1, description="The class `run` routes on, e.g. cuda-T4, cpu-amx.")
+    basis: Basis = Field(default="measured", description="measured (this pipeline), projected, or published (upstream's).")
     description: str = ""
+    datasheet: Datasheet | None = None
+    projection: Projection | None = None
     usd_per_hour: float | None = Field(default=None, ge=0)
     usd_per_hour_spot: float | None = Field(default=None, ge=0)
     price_source: str | None = None
     startup_s: float = Field(default=0.0, ge=0, description="One-time cost per machine: model load and warm-up.")
     tile_overhead_s: float = Field(default=0.0, ge=0, description="Fixed wall seconds per tile (I/O, commit).")
+    overhead_source: str | None = Field(default=None, description="Where startup_s and tile_overhead_s come from.")
     measured_on: dict[str, str] | None = Field(default=None, description="What `bench --calibrate` saw.")
     timings: list[Timing] = Field(default_factory=list)
 
@@ -143,11 +180,57 @@ def _parse(text: str, where: str) -> list[Profile]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{where}: profile names repeated: {', '.join(dupes)}")
-    return parsed.profiles
+    return resolve_projections(parsed.profiles)
+
+
+def project(base: Profile, target: Profile) -> Profile:
+    """`target` with its timings computed from `base`'s by `target.projection` (the formula in `Projection`)."""
+    proj, sheet, base_sheet = target.projection, target.datasheet, base.datasheet
+    if proj is None or sheet is None or base_sheet is None:
+        raise ConfigError(f"profile {target.name}: a projection needs a projection, its datasheet and the base's datasheet")
+    if base.basis != "measured":
+        raise ConfigError(f"profile {target.name}: projected from {base.name}, which is {base.basis}, not measured")
+    timings: list[Timing] = []
+    for precision, base_precision in proj.precisions.items():
+        if precision not in sheet.peak_tflops or base_precision not in base_sheet.peak_tflops:
+            raise ConfigError(f"profile {target.name}: no datasheet peak for {precision} (or the base's {base_precision})")
+        compute = base_sheet.peak_tflops[base_precision] / sheet.peak_tflops[precision]
+        memory = base_sheet.bandwidth_gbs / sheet.bandwidth_gbs
+        share = proj.compute_share.get(base_precision)
+        if share is None or not 0 < share <= 1:
+            raise ConfigError(f"profile {target.name}: compute_share for {base_precision} must be in (0, 1]")
+        factor = (share * compute + (1 - share) * memory) / proj.efficiency
+        for t in base.timings:
+            if t.precision != base_precision:
+                continue
+            formula = (f"projected: {base.name} {t.model} {base_precision} x ({share:g} x {compute:.3f} peak "
+                       f"+ {1 - share:g} x {memory:.3f} bandwidth) / efficiency {proj.efficiency:g} = x{factor:.2f}")
+            timings.append(t.model_copy(update={"precision": precision, "seconds": t.seconds * factor,
+                                                "fixed_s": t.fixed_s * factor, "source": formula}))
+    update: dict[str, Any] = {"timings": timings}
+    if not target.startup_s:
+        update["startup_s"] = base.startup_s
+    if not target.overhead_source:
+        update["overhead_source"] = f"start-up as {base.name}'s ({base.overhead_source or 'measured'})"
+    return target.model_copy(update=update)
+
+
+def resolve_projections(profiles: list[Profile]) -> list[Profile]:
+    """Every profile with a `projection` gets its timings computed from its (measured) base in the same list."""
+    by_name = {p.name: p for p in profiles}
+    out: list[Profile] = []
+    for p in profiles:
+        if p.projection is not None:
+            base = by_name.get(p.projection.base)
+            if base is None:
+                raise ConfigError(f"profile {p.name}: projected, but its base profile is not in the same file")
+            p = project(base, p)
+        out.append(p)
+    return out
 
 
 def builtin_profiles() -> list[Profile]:
-    """The profiles shipped with the package: the published T4, AMX, L4 and A10 figures."""
+    """The profiles shipped with the package: the measured H200, cards projected from it, upstream's published figures."""
     text = resources.files("tessera_pipeline.plan").joinpath(BUILTIN_FILE).read_text()
     return _parse(text, f"built-in {BUILTIN_FILE}")
 

@@ -12,9 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tessera_pipeline.errors import ConfigError
-
-PrecisionName = Literal["fp32", "bf16", "fp16"]
+from tessera_pipeline.errors import ConfigError, format_validation_error
+from tessera_pipeline.precision import Precision as PrecisionName
 
 
 class NodeTypePolicy(BaseModel):
@@ -113,20 +112,6 @@ class RunConfig(BaseModel):
 NOT_RECORDED = ("trust_checkpoint",)
 #: Keys older stores' run records may hold that are no longer read from the store (code paths, trust flags).
 IGNORED_RECORD_KEYS = ("processor", "processor_options", "trust_checkpoint")
-
-
-def _location(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-
-
-def format_validation_error(exc: ValidationError, source: str, *, prefix: str = "") -> str:
-    """One line naming the first offending key (under `prefix`, for a nested part validated alone) and why."""
-    first = exc.errors()[0]
-    key = f"{prefix}.{_location(first)}" if prefix else _location(first)
-    if first.get("type") == "extra_forbidden":
-        return f"{source}: unknown key {key!r}"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: {key}: {first.get('msg')}{more}"
 
 
 def build_config(values: dict[str, Any], *, source: str = "run config") -> RunConfig:

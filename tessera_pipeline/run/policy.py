@@ -12,21 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tessera_pipeline.run.config import NodeTypePolicy, PrecisionName, RunConfig
+from tessera_pipeline.precision import Precision, class_defaults
+from tessera_pipeline.run.config import NodeTypePolicy, RunConfig
 
 CLASS_RESOURCE_PREFIX = "tessera_class:"
 CLASS_LABEL = "tessera/class"
 ACCELERATOR_RESOURCE_PREFIX = "accelerator_type:"
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
-#: GPUs with fp16 tensor cores but no fast bf16 (compute capability 7.x): fp16, which met the bf16
-#: quality bar against fp32 (docs/benchmarks.md); bf16 autocast is slower than fp32 there.
-FP16_GPUS = frozenset({"T4", "V100"})
-#: GPUs without tensor cores: fp32.
-FP32_GPUS = frozenset({"P100", "P4", "K80", "M60"})
-CPU_BF16_CLASSES = frozenset({"cpu-amx", "cpu-avx512bf16"})
-DEFAULT_CORES_PER_ACTOR = 8
-CPU_BATCH = 256
-GPU_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class ClassPolicy:
     """How actors of one hardware class run: precision, pack size, cores, device."""
 
     hw_class: str
-    precision: PrecisionName
+    precision: Precision
     batch_size: int
     cores_per_actor: int
     device: str
@@ -61,13 +53,9 @@ class ClassPolicy:
 
 
 def builtin_policy(hw_class: str) -> ClassPolicy:
-    """The built-in policy: T4/V100 fp16, older GPUs fp32, newer GPUs bf16, AMX/AVX512-BF16 CPUs bf16, other CPUs fp32."""
-    if hw_class.startswith("cuda-"):
-        gpu = hw_class[len("cuda-"):]
-        precision: PrecisionName = "fp16" if gpu in FP16_GPUS else "fp32" if gpu in FP32_GPUS else "bf16"
-        return ClassPolicy(hw_class, precision, GPU_BATCH, 0, "cuda")
-    precision = "bf16" if hw_class in CPU_BF16_CLASSES else "fp32"
-    return ClassPolicy(hw_class, precision, CPU_BATCH, DEFAULT_CORES_PER_ACTOR, "cpu")
+    """The class's row of the precision policy's table (`precision.class_defaults`) as a run policy."""
+    d = class_defaults(hw_class)
+    return ClassPolicy(hw_class, d.precision, d.batch_size, d.cores_per_actor, d.device)
 
 
 def class_policy(hw_class: str, config: RunConfig) -> ClassPolicy:

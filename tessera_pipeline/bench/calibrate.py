@@ -1,14 +1,17 @@
-"""`bench --calibrate`: measure this machine the way `run`'s actors use it and write a `plan` profile.
+"""`bench --calibrate`: measure this machine the way `run`'s actors use it and write a measured `plan` profile.
 
-One actor is timed as `run` would start it: the run policy's batch size and cores per actor for this
-hardware class, a real-size random-weight model built once, a warm-up, then a synthetic tile
-encoded and committed to a fresh local store. The machine's seconds per tile are that actor's
-seconds divided by the actors the machine holds (physical cores / cores per actor on a CPU, GPUs
-on a GPU machine), so a profile calibrated on an 8-core slice describes the whole machine.
-Start-up (a fresh process loading a checkpoint file, plus the warm-up), the encoder's fixed seconds per tile (the intercept of two
-timed tiles, 8 x 8 and the calibration size) and the store commit are recorded apart from the
-seconds per pixel, so `plan` can predict a run of small tiles on this machine, where they are not
-negligible, as well as one of full tiles.
+One actor is timed as `run` runs it: the settings `run`'s actors build (`encode.setup.encode_settings`:
+the precision policy's precision and pack size for this class, packed kernels on a CPU, the
+fixed-shape engine on an accelerator), the class's cores per actor, a real-size random-weight model
+built once and warmed up as `build_encoder` warms it, then synthetic tiles encoded and committed to a
+fresh local store. The machine's seconds per tile are that actor's seconds divided by the actors the
+machine holds (`ClassDefaults.actors_per_node`), so a profile calibrated on an 8-core slice
+describes the whole machine. Start-up (a fresh process importing the encoder, loading a shipped
+checkpoint and warming up, plus a new shape's first encode) is recorded apart from the per-tile
+time; the encoder's fixed seconds per tile (the intercept of two timed tiles, 8 x 8 and the
+calibration size) and the per-tile work around the encode (opening and validating the tile's input
+files, and the store commit) apart from the seconds per pixel, so `plan` predicts a run of small
+tiles, where they are not negligible, as well as one of full tiles.
 """
 
 from __future__ import annotations
@@ -22,25 +25,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from tessera_pipeline import __version__
 from tessera_pipeline.plan.profiles import Profile, Timing, dump_profiles, load_profiles
+from tessera_pipeline.precision import class_defaults
 
 if TYPE_CHECKING:
     from tessera_pipeline.encode import TileEncoder
+    from tessera_pipeline.inputs.tile import DPixelTile
 
 log = logging.getLogger(__name__)
 
 #: The small tile timed beside the calibration tile, to separate fixed per-tile seconds from per-pixel ones.
 SMALL = (8, 8)
-
-
-def actors_per_machine(hw_class: str, cores_per_actor: int, physical_cores: int) -> int:
-    """How many actors `run` puts on this machine: one per GPU, or one per `cores_per_actor` physical cores."""
-    if hw_class.startswith("cuda-"):
-        return max(1, torch.cuda.device_count())
-    return max(1, physical_cores // cores_per_actor)
 
 
 def calibrate(
@@ -59,56 +58,55 @@ def calibrate(
 ) -> Profile:
     """Time one actor on a synthetic tile per model and precision; a profile for this whole machine.
 
-    The calibration tile is encoded once untimed first: a new shape's first encode pays a one-time
-    warm-up (kernel selection, oneDNN primitives, CUDA autotuning) that a long-lived `run` actor pays
-    once, not per tile.
+    The calibration tile is encoded once first: a new shape's first encode pays a one-time warm-up
+    (kernel selection, oneDNN primitives, CUDA autotuning) that a long-lived `run` actor pays once,
+    with its first tile; what that encode took beyond the steady one is counted in the start-up.
 
     Precisions default to the run policy's for this hardware class. Prices default to 0 (free: the
     machine at hand); pass the real hourly price to compare it with cloud profiles. `pin` pins this
     process to the physical cores it times, as `run` pins its CPU actors.
     """
-    from tessera_pipeline.bench.encoder_bench import random_model
-    from tessera_pipeline.encode import EncodeSettings, TileEncoder
+    from tessera_pipeline.bench.encoder_bench import random_model, synthetic_tile
+    from tessera_pipeline.encode import TileEncoder
+    from tessera_pipeline.encode.setup import encode_settings
     from tessera_pipeline.hardware import configure_threads, detect
-    from tessera_pipeline.run.policy import builtin_policy
 
     say = on_progress or log.info
     hw = detect()
-    policy = builtin_policy(hw.kind)
+    policy = class_defaults(hw.kind, hw.gpu_capability)
     physical = len(hw.physical_cores) or 1
     cores = min(policy.cores_per_actor or physical, physical)
-    actors = actors_per_machine(hw.kind, policy.cores_per_actor or physical, physical)
+    gpus = torch.cuda.device_count() if policy.is_gpu else 0
+    actors = policy.actors_per_node(physical, gpus)
     if hw.device == "cpu":
         configure_threads(threads or cores, pin=pin)
     batch = batch_size or policy.batch_size
     wanted = list(precisions) if precisions else [policy.precision]
     height, width = size
     timings: list[Timing] = []
-    startup_s = 0.0
+    startup_s = warm_s = 0.0
     for model in models:
         t0 = time.perf_counter()
         loaded = random_model(model)  # type: ignore[arg-type]
         build_s = time.perf_counter() - t0
         for precision in wanted:
-            settings = EncodeSettings(
-                precision=precision,  # type: ignore[arg-type]
-                batch_size=batch,
-                device=hw.device,
-                kernels="packed" if hw.device == "cpu" else "module",
-            )
+            settings = encode_settings(hw, precision=precision, batch_size=batch)  # type: ignore[arg-type]
             t0 = time.perf_counter()
             encoder = TileEncoder(loaded, settings)
+            encoder.warm_up()
             _timed_encode(encoder, SMALL, hw.device)
             startup_s = max(startup_s, build_s + time.perf_counter() - t0)
-            say(f"calibrating {model} {precision}: {height}x{width} tile, batch {batch}, {torch.get_num_threads()} threads")
-            if (height, width) != SMALL:
-                _timed_encode(encoder, (height, width), hw.device)  # warm-up: new pack shapes pay it once
+            say(f"calibrating {model} {precision}: {height}x{width} tile, batch {batch}, {settings.kernels} kernels, "
+                f"{torch.get_num_threads()} threads")
+            first_s = _timed_encode(encoder, (height, width), hw.device)[0] if (height, width) != SMALL else 0.0
             small_s, small_px = _timed_encode(encoder, SMALL, hw.device)
             if (height, width) == SMALL:
                 seconds, pixels = small_s, small_px
             else:
                 seconds, pixels = _timed_encode(encoder, (height, width), hw.device)
+            warm_s = max(warm_s, first_s - seconds)
             fixed = _fixed_seconds(small_s, small_px, seconds, pixels)
+            tokens = tokens_per_pixel(synthetic_tile(height, width))
             say(f"{model} {precision}: {seconds:.2f} s for {pixels} px ({fixed:.2f} s of it fixed per tile), "
                 f"{1e3 * (seconds - fixed) / pixels:.3f} ms/pixel per actor")
             timings.append(
@@ -118,13 +116,16 @@ def calibrate(
                     seconds=seconds / actors,
                     pixels=pixels,
                     fixed_s=fixed / actors,
-                    source=f"bench --calibrate, {dt.date.today().isoformat()}, random weights, synthetic {height}x{width} tile",
+                    tokens_per_pixel=tokens,
+                    source=f"bench --calibrate, {dt.date.today().isoformat()}, random weights, synthetic {height}x{width} tile, "
+                           f"{settings.kernels} kernels, batch {batch}",
                 )
             )
     say("calibrating an actor's start: a fresh process loading a checkpoint file")
-    startup_s = max(startup_s - build_s, 0.0) + actor_start_seconds(next(iter(models), "v1.1"), wanted[0], hw.device)
-    say("calibrating the store commit of one tile")
-    overhead = store_commit_seconds(height, width)
+    first_model = next(iter(models), "v1.1")
+    startup_s = max(startup_s - build_s, 0.0) + warm_s + actor_start_seconds(first_model, wanted[0], hw.device)
+    say("calibrating the work around one tile's encode: opening its inputs and the store commit")
+    overhead = tile_io_seconds(height, width)
     host = platform.node() or "this-machine"
     return Profile(
         name=name or f"calibrated-{hw.kind}-{host}",
@@ -134,8 +135,13 @@ def calibrate(
         usd_per_hour=usd_per_hour if usd_per_hour is not None else 0.0,
         usd_per_hour_spot=usd_per_hour_spot,
         price_source="given to bench --calibrate" if usd_per_hour is not None else "none given: 0",
+        basis="measured",
         startup_s=startup_s,
         tile_overhead_s=overhead / actors,
+        overhead_source=f"bench --calibrate, {dt.date.today().isoformat()}: start-up = a fresh process loading a shipped "
+                        "checkpoint and warming up, plus the new shapes' first encodes (8 x 8, and the calibration tile's "
+                        f"{warm_s:.2f} s beyond its steady encode); per tile = opening and validating "
+                        "the tile's input files and committing it to a local store",
         measured_on={
             "host": host,
             "cpu_model": hw.cpu_model,
@@ -145,6 +151,7 @@ def calibrate(
             "threads_per_actor": str(torch.get_num_threads()) if hw.device == "cpu" else "",
             "actors": str(actors),
             "batch_size": str(batch),
+            "kernels": encode_settings(hw).kernels,
             "torch": torch.__version__,
             "tessera_pipeline": __version__,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -154,9 +161,10 @@ def calibrate(
 
 
 def actor_start_seconds(model: str, precision: str, device: str) -> float:
-    """Wall seconds for a fresh Python process to import the encoder, receive a real-size checkpoint (a copy
-    of its bytes, as a `run` actor writes what the driver ships) and load it: what every actor pays
-    once before its first tile. The warm-up encode is timed separately."""
+    """Wall seconds for a fresh Python process to import the encoder, receive a real-size checkpoint (a copy of its
+    bytes, as a `run` actor writes what the driver ships) and build the encoder as `run`'s actors do (load and
+    warm-up): what every actor pays once before its first tile (Ray starts its worker processes, Ray imported,
+    before the run; that is not counted)."""
     import subprocess
     import sys
 
@@ -173,18 +181,30 @@ def actor_start_seconds(model: str, precision: str, device: str) -> float:
         return time.perf_counter() - t0
 
 
-def store_commit_seconds(height: int, width: int) -> float:
-    """Wall seconds to write and commit one realistic tile of this size into a fresh local store."""
+def tile_io_seconds(height: int, width: int) -> float:
+    """Wall seconds an actor spends on one tile besides encoding it: opening and validating its d-pixel files
+    (as `run`'s workers open them) and writing and committing a realistic tile of this size into a fresh local store."""
     from tessera_pipeline.bench.store_bench import EPSG, MODEL_ATTRS, TILE, TRANSFORM, YEAR, realistic_tile
+    from tessera_pipeline.inputs.dpixel import georeference_for, open_tile_at
+    from tessera_pipeline.inputs.synthetic import make_synthetic_tile
     from tessera_pipeline.store import TileStore
 
     embeddings, scales = realistic_tile(height, width)
-    with tempfile.TemporaryDirectory(prefix="calibrate-store-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="calibrate-io-") as tmp:
+        make_synthetic_tile(Path(tmp) / "inputs", YEAR, TILE, size=(height, width))
         store = TileStore(str(Path(tmp) / "store"))
         store.create(MODEL_ATTRS)
         t0 = time.perf_counter()
+        tile = open_tile_at(str(Path(tmp) / "inputs"), YEAR, TILE)
+        georeference_for(tile, TILE)
         store.write_tile(YEAR, TILE, embeddings, scales, epsg=EPSG, transform=TRANSFORM, provenance={})
         return time.perf_counter() - t0
+
+
+def tokens_per_pixel(tile: DPixelTile) -> float:
+    """Mean valid S2 plus S1 observations per pixel of a tile (time is linear in them): `plan --tokens-per-pixel`."""
+    s1 = sum(int((np.asarray(a) != 0).any(axis=-1).sum()) for a in (tile.sar_ascending, tile.sar_descending))
+    return float(int((np.asarray(tile.masks) != 0).sum()) + s1) / tile.n_pixels
 
 
 def _timed_encode(encoder: TileEncoder, size: tuple[int, int], device: str) -> tuple[float, int]:
