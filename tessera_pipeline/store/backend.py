@@ -296,9 +296,10 @@ def _s3_region() -> str | None:
 
 def _s3_config_kwargs() -> dict[str, Any]:
     """botocore Config arguments shared by s3fs and the boto3 client: bounded timeouts and retries."""
+    per_attempt = S3_OPERATION_BUDGET_S / S3_ATTEMPTS  # every attempt of a boto3 call fits the budget
     return {
-        "connect_timeout": S3_CONNECT_TIMEOUT_S,
-        "read_timeout": S3_READ_TIMEOUT_S,
+        "connect_timeout": min(S3_CONNECT_TIMEOUT_S, per_attempt),
+        "read_timeout": min(S3_READ_TIMEOUT_S, per_attempt),
         "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
         "max_pool_connections": S3_POOL_CONNECTIONS,
     }
@@ -337,6 +338,7 @@ def s3_client() -> Any:
         _s3_region(),
         os.environ.get("AWS_ACCESS_KEY_ID"),
         os.environ.get("AWS_PROFILE"),
+        S3_OPERATION_BUDGET_S,
     )
     with _CACHE_LOCK:
         client = _CLIENTS.get(key)
