@@ -54,6 +54,7 @@ def reprocess(store: str, region: RegionRequest, checkpoint: str | None, input_r
                             what="reprocess")
     tiles = select_config_region(config)
     console = make_console(stderr=as_json)
-    with interruptible(console, store), run_display(console, json_stdout=as_json) as on_progress:
-        report = start(config, tiles, kind="reprocess", takeover=takeover, dashboard=dashboard, on_progress=on_progress)
+    with interruptible(console, store) as guard, run_display(console, json_stdout=as_json) as on_progress:
+        report = start(config, tiles, kind="reprocess", takeover=takeover, dashboard=dashboard,
+                       on_progress=guard(on_progress))
     finish(console, report, store, as_json)

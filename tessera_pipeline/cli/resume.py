@@ -35,8 +35,8 @@ def resume(store: str, run_id: str | None, address: str | None, retry_failed: bo
         raise ConfigError("--reason picks which failed tiles --retry-failed retries: pass --retry-failed too")
 
     console = make_console(stderr=as_json)
-    with interruptible(console, store), run_display(console, json_stdout=as_json) as on_progress:
+    with interruptible(console, store) as guard, run_display(console, json_stdout=as_json) as on_progress:
         report = resume_run(store, run_id=run_id, retry_failed=retry_failed, retry_reason=reason, takeover=takeover,
                             trust_checkpoint=trust_checkpoint, dashboard=dashboard,
-                            overrides={"address": address, "local_cpus": local_cpus}, on_progress=on_progress)
+                            overrides={"address": address, "local_cpus": local_cpus}, on_progress=guard(on_progress))
     finish(console, report, store, as_json)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,17 +139,37 @@ def run(config_file: Path | None, input_root: str | None, store: str | None, che
         report = start(config, tiles, dry_run=True, retry_failed=retry_failed, retry_reason=reason)
         print_dry_run(console, report, config, as_json)
         return
-    with interruptible(console, config.store), run_display(console, json_stdout=as_json) as on_progress:
+    with interruptible(console, config.store) as guard, run_display(console, json_stdout=as_json) as on_progress:
         report = start(config, tiles, retry_failed=retry_failed, retry_reason=reason, takeover=takeover,
-                       dashboard=dashboard, on_progress=on_progress)
+                       dashboard=dashboard, on_progress=guard(on_progress))
     finish(console, report, config.store, as_json)
 
 
 @contextmanager
-def interruptible(console: Any, store: str) -> Iterator[None]:
-    """On Ctrl-C: say what is committed and how to go on, exit 130 (the driver has released the store)."""
+def interruptible(console: Any, store: str) -> Iterator[Callable[[Callable[[Any], None]], Callable[[Any], None]]]:
+    """On Ctrl-C: say what is committed and how to go on, exit 130 (the driver has released the store).
+
+    Yields `guard`, which wraps the progress callback so the scheduling loop itself raises the interrupt at
+    its next snapshot: a KeyboardInterrupt that Python delivers inside a finalizer (a Ray ObjectRef being
+    freed) is swallowed there, so the press is also remembered and acted on at a safe point.
+    """
+    pressed = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    def guard(on_progress: Callable[[Any], None]) -> Callable[[Any], None]:
+        def checked(progress: Any) -> None:
+            if pressed.is_set():
+                raise KeyboardInterrupt
+            on_progress(progress)
+
+        return checked
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield
+        yield guard
     except KeyboardInterrupt:
         from tessera_pipeline.run.status import run_status
 
@@ -158,6 +180,8 @@ def interruptible(console: Any, store: str) -> Iterator[None]:
             done = "every committed tile is kept"
         console.print(f"interrupted: {done}; continue with: tessera-pipeline resume --store {store}", markup=False)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def finish(console: Any, report: Any, store: str, as_json: bool) -> None:
