@@ -73,6 +73,16 @@ def committed(backend: Backend, year: int) -> Committed:
     return Committed(year, tiles, modified)
 
 
+def year_objects(backend: Backend, year: int) -> set[str]:
+    """Every object key under the year's tile groups: one listing (S3: the 20 name-prefix shards side by side),
+    so checking that many versions are whole costs O(objects / 1000) requests, not one per object."""
+    base = layout.year_key(year)
+    if not backend.concurrent_listing:
+        return set(backend.list_keys(base))
+    parts = parallel_map(lambda p: [key for key, _ in backend.scan(p)], [f"{base}/{s}" for s in NAME_SHARDS])
+    return {key for part in parts for key in part}
+
+
 def committed_years(backend: Backend) -> list[int]:
     """The years that have a commit-marker folder."""
     return sorted(int(n) for n in backend.list_children(layout.COMMITS_PREFIX) if n.isdigit() and len(n) == 4)
