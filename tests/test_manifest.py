@@ -94,6 +94,20 @@ def test_a_tile_with_a_deleted_scales_object_is_left_out_and_reported(tmp_path: 
     assert TILE not in pq.read_table(tmp_path / "m.parquet")["tile"].to_pylist()
 
 
+def test_unreadable_markers_are_left_out_and_odd_provenance_types_kept(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    three_tiles(url)
+    store = TileStore(url)
+    store.backend.put_atomic(layout.marker_key(2024, TILES[0]), b"{not json")
+    odd = store.marker(2024, TILES[2]) or {}
+    odd["provenance"]["precision"] = 16
+    store.backend.put_atomic(layout.marker_key(2024, TILES[2]), json.dumps(odd, indent=1).encode())
+    built = build_manifest(store, 2024)
+    assert [(t.tile, t.problem) for t in built.left_out] == [(TILES[0], "unreadable commit marker")]
+    assert built.keys() == [(2024, TILE), (2024, TILES[2])]
+    assert built.table["precision"].to_pylist() == ["bf16", "16"]
+
+
 def test_a_release_survives_reprocess_until_dropped(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setattr(releases, "RELEASE_SETTLE_S", 0.0)
     three_tiles(store_url)

@@ -290,10 +290,14 @@ def _manifest_contents(tiles: int) -> _Layout:
 
 
 def bench_manifest_local(tiles: int = 100_000, keep: Path | None = None) -> CommandBench:
-    """`manifest` (rows built and encoded as GeoParquet) over a local store of `tiles` committed tiles."""
+    """`manifest` (rows built and encoded as GeoParquet) over a local store of `tiles` committed tiles.
+
+    `keep`: build the store in this folder and leave it there; a store already there is reused as it is.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         root = (keep or Path(tmp)) / "store.zarr"
-        _fill_local(root, _manifest_contents(tiles))
+        if not (root / "zarr.json").exists():
+            _fill_local(root, _manifest_contents(tiles))
         r = _in_child("manifest", str(root))
     return CommandBench("manifest", "local", tiles, tiles, 0, r["answer"], r["seconds"], r["peak_rss_mb"], {})
 

@@ -76,14 +76,13 @@ def pinned(backend: Backend, paths: list[str]) -> set[str]:
 
 
 def _vanished(backend: Backend, table: pa.Table) -> list[str]:
-    """Objects of the versions a release names that a listing no longer shows (deleted by a racing writer)."""
+    """Objects of the versions a release names that no longer exist (deleted by a racing writer)."""
     years = np.asarray(table["year"].to_numpy())
     paths = np.asarray(table["path"].to_numpy(zero_copy_only=False))
     gone: list[str] = []
     for year in np.unique(years).tolist():
-        present = listing.year_objects(backend, int(year))
-        gone += [f"{p}/{o}" for p in paths[years == year].tolist() for o in layout.VERSION_OBJECTS
-                 if f"{p}/{o}" not in present]
+        keys = [f"{p}/{o}" for p in paths[years == year].tolist() for o in layout.VERSION_OBJECTS]
+        gone += [k for k, missing in zip(keys, listing.absent(backend, int(year), keys).tolist()) if missing]
     return gone
 
 
@@ -124,13 +123,9 @@ def drop_release(store: TileStore, name: str) -> list[str]:
     table = read_release(store, name)
     store.backend.delete(layout.release_key(name))
     deleted: list[str] = []
-    for year in sorted(set(table["year"].to_pylist())):
-        named = {t for y, t in zip(table["year"].to_pylist(), table["tile"].to_pylist()) if y == year}
-        versions: dict[str, set[str]] = {}
-        for key in listing.year_objects(store.backend, year):
-            parts = key.split("/", 3)
-            if len(parts) > 3 and parts[1] in named and layout.is_version(parts[2]):
-                versions.setdefault(parts[1], set()).add(parts[2])
+    years, tiles = table["year"].to_pylist(), table["tile"].to_pylist()
+    for year in sorted(set(years)):
+        versions = listing.tile_versions(store.backend, year, {t for y, t in zip(years, tiles) if y == year})
         for tile in sorted(t for t, vs in versions.items() if len(vs) > 1):
             deleted += [layout.version_key(year, tile, v) for v in store.cleanup(year, tile)]
     return deleted
