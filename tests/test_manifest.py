@@ -76,8 +76,8 @@ def test_manifest_rows_equal_list_complete_and_are_geoparquet(tmp_path: Path) ->
     one_line_error(again, "--overwrite")
 
 
-def test_a_tile_with_a_deleted_scales_object_is_left_out_and_reported(tmp_path: Path) -> None:
-    url = str(tmp_path / "store")
+def test_a_tile_with_a_deleted_scales_object_is_left_out_and_reported(store_url: str, tmp_path: Path) -> None:  # noqa: F811
+    url = store_url
     three_tiles(url)
     store = TileStore(url)
     path = str((store.marker(2024, TILE) or {})["path"])

@@ -89,7 +89,10 @@ def absent(backend: Backend, year: int, keys: list[str]) -> np.ndarray:
     disk checks each key (a stat): walking every folder of a year costs ten times more.
     """
     if backend.concurrent_listing:
-        present = year_objects(backend, year)
+        wanted = set(keys)
+        shards = [f"{layout.year_key(year)}/{s}" for s in NAME_SHARDS]
+        parts = parallel_map(lambda p: [key for key, _ in backend.scan(p) if key in wanted], shards)
+        present = {key for part in parts for key in part}
         return np.fromiter((key not in present for key in keys), dtype=bool, count=len(keys))
     return ~np.fromiter(backend.exists(keys), dtype=bool, count=len(keys))
 
