@@ -155,6 +155,18 @@ class StoreUnreachableError(StoreError):
     """An object store did not answer within the bounded retries and time budget."""
 
 
+class ReleaseError(StoreError):
+    """A release (`_releases/NAME.parquet`) cannot be made, read or dropped; the message names it."""
+
+
+class ReleaseExistsError(ReleaseError):
+    """A release of that name exists already: releases are immutable (drop it first)."""
+
+
+class ReleaseNotFoundError(ReleaseError):
+    """No release of that name is in the store."""
+
+
 # --- command line: outputs and argument values ----------------------------------------------
 
 

@@ -591,7 +591,13 @@ def bad_argument_cases(outside: Path, rng: random.Random, n: int) -> list[list[s
                       ["--bogus"]]),
         "verify": (["verify", "--store", store],
                    [["--store", f"{o}/nostore"], ["--store", "gs://b/s"], ["--store", "ftp://h/s"], ["--workers", "0"],
-                    ["--year", "abc"], ["--year", "99999"], ["--bogus"]]),
+                    ["--year", "abc"], ["--year", "99999"], ["--bogus"], ["--release", "nope"], ["--release", "../x"],
+                    ["--release", "r", "--year", "2024"]]),
+        "manifest": (["manifest", "--store", store, "--out", "m.parquet"],
+                     [["--out", u] for u in urls] + [["--year", y] for y in years]
+                     + [["--store", f"{o}/nostore"], ["--store", "gs://b/s"], ["--out", f"{no_dir}/m.parquet"],
+                        ["--out", f"{o}/existing.tif"], ["--out", f"{o}/keep"], ["--release", "../x"],
+                        ["--release", ""], ["--drop-release", "nope"], ["--bogus"]]),
         "encode-tile": (["encode-tile", "--checkpoint", V11, "--input", inputs, "--out", "enc_out"],
                         [["--out", u] for u in urls] + [["--tile", t] for t in tiles] + [["--year", y] for y in years]
                         + [["--out", no_dir], ["--out", f"{o}/upstream"], ["--out", f"{o}/keep/notes.txt"],

@@ -228,7 +228,13 @@ def counting_s3() -> Iterator[tuple[str, _Counts]]:
 def measure_command(command: str, store: str) -> dict[str, Any]:
     """Run one command's store work in this process: seconds, peak RSS and its answer."""
     t0 = time.perf_counter()
-    if command == "resume":
+    if command == "manifest":
+        from tessera_pipeline.store import TileStore
+        from tessera_pipeline.store.manifest import build_manifest
+
+        built = build_manifest(TileStore(store))
+        answer = {"tiles": len(built), "left_out": len(built.left_out), "parquet_bytes": len(built.to_parquet())}
+    elif command == "resume":
         from tessera_pipeline.run.session import resume_split
         from tessera_pipeline.store import TileStore
         from tessera_pipeline.store.runlog import RunLog
@@ -245,6 +251,55 @@ def measure_command(command: str, store: str) -> dict[str, Any]:
         st = run_status(store)
         answer = {"complete": st.complete, "failed": st.failed, "pending": st.pending}
     return {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "answer": answer}
+
+
+def _manifest_marker(name: str, version: str, now: str) -> bytes:
+    """A full-size commit marker as `write_tile` writes it (indent 1, sorted keys, run provenance)."""
+    from tessera_pipeline.grid import tile_geometry
+    from tessera_pipeline.store import layout
+
+    geo = tile_geometry(name)
+    path = layout.version_key(YEAR, name, version)
+    shape = [geo.height, geo.width, 128]
+    prov = {"checkpoint_sha256": SHA, "checkpoint_source": "tessera_v1_1_mpc_encoder.pt", "model_version": "v1.1",
+            "pipeline_version": "0.1.0", "data_source": "mpc", "precision": "bf16", "device_kind": "cuda:NVIDIA L4",
+            "hardware_class": "gpu-l4", "input_fingerprint": SHA, "timings": {"encode_s": 40.1, "prepare_s": 3.2}}
+    marker = {"format": layout.COMMIT_FORMAT, "year": YEAR, "tile": name, "version": version, "path": path,
+              "committed_at": now, "epsg": geo.epsg, "transform": list(geo.transform), "shape": shape,
+              "checksum_algorithm": "sha256",
+              "arrays": {layout.EMBEDDINGS: {"dtype": "int8", "shape": shape, "sha256": SHA},
+                         layout.SCALES: {"dtype": "float32", "shape": shape[:2], "sha256": SHA}},
+              "provenance": prov, "store_write_s": 1.1}
+    return json.dumps(marker, indent=1, sort_keys=True).encode()
+
+
+def _manifest_contents(tiles: int) -> _Layout:
+    """A store of `tiles` committed tiles: root, full-size markers, and the objects each version must hold (empty)."""
+    from tessera_pipeline.store import layout, root_attributes
+
+    now = datetime.now(timezone.utc).isoformat()
+    version = layout.new_version()
+    model = {"model_version": "v1.1", "checkpoint_sha256": SHA, "data_source": "mpc"}
+    objects: dict[str, bytes] = {"zarr.json": json.dumps({"zarr_format": 3, "node_type": "group",
+                                                          "attributes": root_attributes(model)}).encode()}
+    for name in _global_plan(tiles).tiles:
+        objects[layout.marker_key(YEAR, name)] = _manifest_marker(name, version, now)
+        path = layout.version_key(YEAR, name, version)
+        objects.update({f"{path}/{o}": b"{}" for o in layout.VERSION_OBJECTS})
+    return _Layout(objects, [], {})
+
+
+def bench_manifest_local(tiles: int = 100_000, keep: Path | None = None) -> CommandBench:
+    """`manifest` (rows built and encoded as GeoParquet) over a local store of `tiles` committed tiles.
+
+    `keep`: build the store in this folder and leave it there; a store already there is reused as it is.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        root = (keep or Path(tmp)) / "store.zarr"
+        if not (root / "zarr.json").exists():
+            _fill_local(root, _manifest_contents(tiles))
+        r = _in_child("manifest", str(root))
+    return CommandBench("manifest", "local", tiles, tiles, 0, r["answer"], r["seconds"], r["peak_rss_mb"], {})
 
 
 def _in_child(command: str, store: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -402,3 +457,13 @@ def run_scale(local_tiles: tuple[int, ...] = (100_000, 1_000_000), s3_tiles: int
         commands += bench_commands_s3(s3_tiles)
     return {"commands": [asdict(c) for c in commands],
             "scheduling": asdict(bench_scheduling(schedule_tiles)) if schedule_tiles else None}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Whole-store benchmarks run alone (docs/benchmarks.md).")
+    parser.add_argument("--manifest", type=int, default=100_000, help="committed tiles of the manifest's store")
+    parser.add_argument("--keep", type=Path, default=None, help="build the store in this folder and keep it")
+    args = parser.parse_args()
+    print(json.dumps(asdict(bench_manifest_local(args.manifest, args.keep)), indent=1))

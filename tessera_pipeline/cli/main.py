@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "synth": "synth:synth",
     "export": "export:export",
     "verify": "verify:verify",
+    "manifest": "manifest:manifest",
     "run": "run:run",
     "resume": "resume:resume",
     "status": "status:status",

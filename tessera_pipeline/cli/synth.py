@@ -32,7 +32,7 @@ def synth(region: RegionRequest, out: str, year: int, size: str | None, overwrit
     from tessera_pipeline.inputs.synthetic import make_synthetic_tile, parse_size
 
     try:
-        hw = parse_size(size) if size else None
+        hw = parse_size(size) if size is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from exc
     root = check_output_dir(out, "--out")

@@ -18,26 +18,35 @@ IN_PROGRESS_GRACE_S = 600.0
 @click.option("--year", type=int, default=None, help="Only this year (default: every year).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="One JSON document on stdout.")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Tiles verified at once.")
-def verify(store_url: str, year: int | None, as_json: bool, workers: int) -> None:
+@click.option("--release", default=None, metavar="NAME",
+              help="Check exactly the tiles and versions release NAME names (not the current ones).")
+def verify(store_url: str, year: int | None, as_json: bool, workers: int, release: str | None) -> None:
     """Check every complete tile against its commit marker; exit 1 if any tile fails.
 
     Tiles that hold data but no commit marker (an interrupted first write, or a deleted marker) are
     listed too; one whose newest version is older than 10 minutes cannot be a write in progress and
-    also makes the exit code 1.
+    also makes the exit code 1. With --release, the versions the release names are read and checked
+    against the release's checksums instead.
     """
-    from tessera_pipeline.store import TileStore
+    from tessera_pipeline.store import TileStore, layout
+    from tessera_pipeline.store.releases import verify_release
 
+    if release is not None:
+        layout.check_release(release)
+        if year is not None:
+            raise click.UsageError("--release checks the whole release: no --year")
     store = TileStore(store_url)
     if store.root_attrs() is None:
         raise StoreError(f"no store at {store.url}")
-    results = store.verify(year, workers=workers)
+    results = store.verify(year, workers=workers) if release is None else verify_release(store, release, workers=workers)
     failed = [r for r in results if not r.ok]
-    incomplete = store.list_incomplete(year)
+    incomplete = store.list_incomplete(year) if release is None else []
     stale = [t for t in incomplete if t.age_s >= IN_PROGRESS_GRACE_S]
     if as_json:
         doc = {
             "store": store.url,
             "year": year,
+            "release": release,
             "checked": len(results),
             "ok": len(results) - len(failed),
             "failed": len(failed),

@@ -59,6 +59,9 @@ class Backend(Protocol):
     def put_many(self, items: dict[str, bytes]) -> None:
         """Write many new objects (keys nobody reads yet) as fast as the backend allows."""
 
+    def exists(self, keys: list[str]) -> list[bool]:
+        """Whether each object exists: a stat each locally, a HEAD each on S3 (many keys on S3: list instead)."""
+
     def list_children(self, key: str) -> list[str]:
         """Names of the immediate children of a prefix (files and folders); empty if absent."""
 
@@ -115,9 +118,10 @@ class LocalBackend:
         return zarr.storage.LocalStore(self._path(key))
 
     def get(self, key: str) -> bytes | None:
-        """Read a file, or None when absent."""
+        """Read a file, or None when absent (one unbuffered open and read: whole-store commands read 10^5 markers)."""
         try:
-            return self._path(key).read_bytes()
+            with open(f"{self.url}/{key}" if key else self.url, "rb", buffering=0) as f:
+                return f.readall()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -189,6 +193,11 @@ class LocalBackend:
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+
+    def exists(self, keys: list[str]) -> list[bool]:
+        """A stat per file."""
+        root = str(self.root)
+        return [os.path.isfile(f"{root}/{key}") for key in keys]
 
     def list_children(self, key: str) -> list[str]:
         """Names in a directory, hidden temporaries excluded."""
@@ -496,6 +505,10 @@ class S3Backend:
         """Concurrent PUTs (s3fs batches them; objects over 100 MB go multipart)."""
         if items:
             self.fs.pipe({self._path(key): data for key, data in items.items()})
+
+    def exists(self, keys: list[str]) -> list[bool]:
+        """A HEAD per object (callers with many keys list instead: `listing.absent`)."""
+        return [bool(self.fs.exists(self._path(key))) for key in keys]
 
     def list_children(self, key: str) -> list[str]:
         """Immediate children (one delimited LIST)."""

@@ -24,9 +24,23 @@ MARKER_SUFFIX = ".json"
 #: Array names inside a version group.
 EMBEDDINGS = "embeddings"
 SCALES = "scales"
+#: Objects every version group holds, relative to it, fixed by the layout (one shard of `embeddings`,
+#: one chunk of `scales`, docs/formats.md section 3): what a listing must show for a version to be whole.
+VERSION_OBJECTS = (
+    "zarr.json",
+    f"{EMBEDDINGS}/zarr.json",
+    f"{EMBEDDINGS}/c/0/0/0",
+    f"{SCALES}/zarr.json",
+    f"{SCALES}/c/0/0",
+)
+
+#: Prefix holding the immutable releases: `_releases/{name}.parquet` (a manifest, docs/formats.md section 10).
+RELEASES_PREFIX = "_releases"
+RELEASE_SUFFIX = ".parquet"
 
 _TILE_RE = re.compile(r"^grid_-?\d+\.\d{2}_-?\d+\.\d{2}$")
 _VERSION_RE = re.compile(r"^v\d{8}T\d{12}Z-[0-9a-f]{8}$")
+_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class TileKey(NamedTuple):
@@ -105,3 +119,15 @@ def marker_key(year: int, tile: str) -> str:
 def marker_prefix(year: int | None = None) -> str:
     """Prefix to list for the markers of one year (or of every year)."""
     return COMMITS_PREFIX if year is None else f"{COMMITS_PREFIX}/{check_year(year)}"
+
+
+def check_release(name: str) -> str:
+    """Validate a release name (letters, digits, `.`, `_`, `-`; 100 at most) so it is a safe key segment."""
+    if not isinstance(name, str) or not _RELEASE_RE.match(name) or name.endswith(RELEASE_SUFFIX):
+        raise StoreError(f"not a release name: {name!r} (letters, digits, '.', '_', '-'; e.g. 2024-v1)")
+    return name
+
+
+def release_key(name: str) -> str:
+    """Key of a release's manifest."""
+    return f"{RELEASES_PREFIX}/{check_release(name)}{RELEASE_SUFFIX}"

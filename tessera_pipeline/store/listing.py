@@ -73,6 +73,42 @@ def committed(backend: Backend, year: int) -> Committed:
     return Committed(year, tiles, modified)
 
 
+def year_objects(backend: Backend, year: int) -> set[str]:
+    """Every object key under the year's tile groups: one listing (S3: the 20 name-prefix shards side by side)."""
+    base = layout.year_key(year)
+    if not backend.concurrent_listing:
+        return set(backend.list_keys(base))
+    parts = parallel_map(lambda p: [key for key, _ in backend.scan(p)], [f"{base}/{s}" for s in NAME_SHARDS])
+    return {key for part in parts for key in part}
+
+
+def absent(backend: Backend, year: int, keys: list[str]) -> np.ndarray:
+    """Which of many object keys under the year's tile groups do not exist (a bool per key).
+
+    S3: from one listing of the year, O(objects / 1000) requests, never a HEAD per object. A local
+    disk checks each key (a stat): walking every folder of a year costs ten times more.
+    """
+    if backend.concurrent_listing:
+        wanted = set(keys)
+        shards = [f"{layout.year_key(year)}/{s}" for s in NAME_SHARDS]
+        parts = parallel_map(lambda p: [key for key, _ in backend.scan(p) if key in wanted], shards)
+        present = {key for part in parts for key in part}
+        return np.fromiter((key not in present for key in keys), dtype=bool, count=len(keys))
+    return ~np.fromiter(backend.exists(keys), dtype=bool, count=len(keys))
+
+
+def tile_versions(backend: Backend, year: int, tiles: set[str]) -> dict[str, set[str]]:
+    """The version groups stored for each of these tiles: one listing of the year on S3, a folder listing per tile locally."""
+    if not backend.concurrent_listing:
+        return {t: {v for v in backend.list_children(layout.tile_key(year, t)) if layout.is_version(v)} for t in tiles}
+    versions: dict[str, set[str]] = {}
+    for key in year_objects(backend, year):
+        parts = key.split("/", 3)
+        if len(parts) > 3 and parts[1] in tiles and layout.is_version(parts[2]):
+            versions.setdefault(parts[1], set()).add(parts[2])
+    return versions
+
+
 def committed_years(backend: Backend) -> list[int]:
     """The years that have a commit-marker folder."""
     return sorted(int(n) for n in backend.list_children(layout.COMMITS_PREFIX) if n.isdigit() and len(n) == 4)

@@ -36,7 +36,7 @@ from tessera_pipeline.errors import (
     TileNotCompleteError,
 )
 from tessera_pipeline.quantisation import dequantise
-from tessera_pipeline.store import layout, listing
+from tessera_pipeline.store import layout, listing, releases
 from tessera_pipeline.store.backend import Backend, open_backend
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
 from tessera_pipeline.store.layout import TileKey
@@ -544,8 +544,9 @@ class TileStore:
     ) -> list[str]:
         """Delete versions no marker names: `superseded` (the one a commit replaced) and debris past the grace period.
 
-        Kept: the version the marker names now, `current` (the caller's own commit), and every
-        version younger than `cleanup_grace_s`, which may be another writer's write in progress.
+        Kept: the version the marker names now, `current` (the caller's own commit), every version
+        younger than `cleanup_grace_s`, which may be another writer's write in progress, and every
+        version a release names (learnt from a listing of `_releases/` made just before deleting).
         Returns the deleted version ids.
         """
         try:
@@ -564,6 +565,10 @@ class TileStore:
             and name not in keep
             and (name == superseded or (now - layout.version_time(name)).total_seconds() > self.cleanup_grace_s)
         ]
+        kept = releases.pinned(self.backend, [layout.version_key(year, tile, name) for name in stale])
+        if kept:
+            log.info("kept %d superseded version(s) of %s/%s that a release names", len(kept), year, tile)
+            stale = [name for name in stale if layout.version_key(year, tile, name) not in kept]
         for name in stale:
             self.backend.delete_tree(layout.version_key(year, tile, name))
         if stale:
@@ -706,6 +711,27 @@ class TileStore:
             return VerifyResult(year, tile, False, None, (str(exc).removeprefix(f"tile {tile}: "),))
         problems = _compare(data.marker, data.embeddings, data.scales)
         return VerifyResult(year, tile, not problems, data.version, tuple(problems))
+
+    def verify_named(self, year: int, tile: str, marker: Mapping[str, Any]) -> VerifyResult:
+        """Check the version a marker-shaped record names (a release row), not the current one: objects, checksums."""
+        vkey, version = str(marker["path"]), str(marker["version"])
+        error: Exception | None = None
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            group = self._open_version(marker)
+            stored = {name: group[name] for name in (layout.EMBEDDINGS, layout.SCALES)}
+            missing = self._missing_objects(vkey, stored)
+            if not missing:
+                arrays = {name: np.asarray(array[...]) for name, array in stored.items()}
+        except Exception as exc:  # a deleted or damaged version: named below
+            error, missing = exc, self._missing_objects(vkey, None)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            return VerifyResult(year, tile, False, version, (f"missing object {missing[0]}{more}",))
+        if error is not None:
+            return VerifyResult(year, tile, False, version, (f"cannot read {vkey}: {' '.join(str(error).split())}",))
+        problems = _compare(marker, arrays[layout.EMBEDDINGS], arrays[layout.SCALES])
+        return VerifyResult(year, tile, not problems, version, tuple(problems))
 
     def verify(self, year: int | None = None, *, workers: int = 4) -> list[VerifyResult]:
         """Verify every complete tile (of one year or all), a few tiles at a time."""
