@@ -16,7 +16,8 @@ from tessera_pipeline.errors import ReleaseError, ReleaseExistsError, ReleaseNot
 from tessera_pipeline.store import TileStore, layout, releases
 from tessera_pipeline.store.checksums import array_sha256
 from tessera_pipeline.store.manifest import build_manifest
-from tessera_pipeline.store.releases import drop_release, pinned, read_release, verify_release, write_release
+from tessera_pipeline.store.pins import pinned
+from tessera_pipeline.store.releases import drop_release, read_release, verify_release, write_release
 
 TILES = ["grid_0.15_52.05", "grid_-1.55_53.25", "grid_10.05_-3.95"]
 

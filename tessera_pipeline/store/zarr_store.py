@@ -36,7 +36,7 @@ from tessera_pipeline.errors import (
     TileNotCompleteError,
 )
 from tessera_pipeline.quantisation import dequantise
-from tessera_pipeline.store import layout, listing, releases
+from tessera_pipeline.store import layout, listing, pins
 from tessera_pipeline.store.backend import Backend, open_backend
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
 from tessera_pipeline.store.layout import TileKey
@@ -565,7 +565,7 @@ class TileStore:
             and name not in keep
             and (name == superseded or (now - layout.version_time(name)).total_seconds() > self.cleanup_grace_s)
         ]
-        kept = releases.pinned(self.backend, [layout.version_key(year, tile, name) for name in stale])
+        kept = pins.pinned(self.backend, [layout.version_key(year, tile, name) for name in stale])
         if kept:
             log.info("kept %d superseded version(s) of %s/%s that a release names", len(kept), year, tile)
             stale = [name for name in stale if layout.version_key(year, tile, name) not in kept]
