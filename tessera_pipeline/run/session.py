@@ -148,7 +148,9 @@ def check_dashboard() -> None:
 
 
 def connect(address: str | None, local_cpus: int | None, *, dashboard: bool = False) -> bool:
-    """Join a cluster (`auto` or an address) or start a fresh local one; True when we started it."""
+    """Join a cluster (`auto` or an address) or start a fresh local one; True when this call connected (the
+    driver then disconnects at the end: a joined cluster stays up, and Ray's log forwarding stops before
+    the command prints its summary or JSON)."""
     import ray
 
     if ray.is_initialized():
@@ -159,7 +161,7 @@ def connect(address: str | None, local_cpus: int | None, *, dashboard: bool = Fa
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RunError(f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from exc
-        return False
+        return True
     if dashboard:
         check_dashboard()
     context = ray.init(address="local", num_cpus=local_cpus, include_dashboard=dashboard, **quiet)
