@@ -18,7 +18,7 @@ import numpy as np
 
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.listing import parallel_map
-from tessera_pipeline.store.runlog import PlannedTiles, RunLog
+from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,15 @@ def plan_mask(plan: PlannedTiles, keys: set[tuple[int, str]]) -> np.ndarray:
     if not keys:
         return np.zeros(len(plan), dtype=bool)
     return np.fromiter((k in keys for k in zip(plan.years.tolist(), plan.tiles)), dtype=bool, count=len(plan))
+
+
+def failures_in_plan(plan: PlannedTiles, failures: list[FailedTile], *, done: np.ndarray | None = None) -> list[FailedTile]:
+    """The failure records whose tile is planned (and, given `done`, not done), in the records' order."""
+    rows = plan_mask(plan, {f.key for f in failures})
+    if done is not None:
+        rows &= ~done
+    keys = {(int(plan.years[i]), plan.tiles[i]) for i in np.flatnonzero(rows).tolist()}
+    return [f for f in failures if f.key in keys]
 
 
 def committed_mask(store: TileStore, plan: PlannedTiles) -> tuple[np.ndarray, np.ndarray]:

@@ -234,9 +234,13 @@ class RecordWriter:
                 written[0] = len(entries)
 
             op = _Op(write, f"commit log page {name}", more=lambda: len(page) > written[0])
-            op.next_at = time.monotonic() + (0.0 if self._flushing else COMMIT_LOG_FLUSH_S)
+            op.next_at = self._page_due()
             self._ops[key] = op
             self._cond.notify()
+
+    def _page_due(self) -> float:
+        """When a commit-log page with new entries is (re)written: after the flush interval, at once when flushing."""
+        return time.monotonic() + (0.0 if self._flushing else COMMIT_LOG_FLUSH_S)
 
     @property
     def pending(self) -> int:
@@ -276,7 +280,7 @@ class RecordWriter:
                     continue
                 if op.more is not None and op.more():
                     op.tries = 0
-                    op.next_at = time.monotonic() + (0.0 if self._flushing else COMMIT_LOG_FLUSH_S)
+                    op.next_at = self._page_due()
                 else:
                     del self._ops[key]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from tessera_pipeline.errors import CheckpointError, InputError, RunError, StoreConflictError, StoreError
 from tessera_pipeline.grid import TileSet
-from tessera_pipeline.run.completion import done_mask, plan_mask
+from tessera_pipeline.run.completion import done_mask, failures_in_plan, plan_mask
 from tessera_pipeline.run.config import IGNORED_RECORD_KEYS, RunConfig, build_config
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import WorkerSpec
@@ -307,9 +307,9 @@ def _split(plan: PlannedTiles, complete: np.ndarray, failures: list[FailedTile],
            retry_reason: str | None, runlog: RunLog) -> tuple[WorkSplit, set[tuple[int, str]]]:
     """Leave out complete tiles and permanent failures (unless retried, by reason when given); exhausted
     transient failures are always retried."""
-    recorded = plan_mask(plan, {f.key for f in failures})
-    known = {(int(plan.years[i]), plan.tiles[i]) for i in np.flatnonzero(recorded).tolist()}
-    permanent = [f for f in failures if f.kind == "permanent" and f.key in known]
+    planned = failures_in_plan(plan, failures)
+    known = {f.key for f in planned}
+    permanent = [f for f in planned if f.kind == "permanent"]
     if retry_failed and retry_reason:
         docs = runlog.failure_docs(permanent)
         permanent = [f for f, doc in zip(permanent, docs) if not str(doc.get("reason", "")).startswith(retry_reason)]

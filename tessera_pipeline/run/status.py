@@ -13,9 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from tessera_pipeline.run.completion import done_mask, plan_mask
+from tessera_pipeline.run.completion import done_mask, failures_in_plan
 from tessera_pipeline.run.lease import read_lease
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.runlog import RunLog
@@ -86,10 +84,7 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     rid = record["run_id"]
     plan = runlog.load_plan(rid)
     done = done_mask(store, runlog, record, plan)
-    recorded = runlog.failed_tiles()
-    failed_rows = plan_mask(plan, {f.key for f in recorded}) & ~done
-    open_keys = {(int(plan.years[i]), plan.tiles[i]) for i in np.flatnonzero(failed_rows).tolist()}
-    failures = [f for f in recorded if f.key in open_keys]
+    failures = failures_in_plan(plan, runlog.failed_tiles(), done=done)
     kinds: Counter[str] = Counter(f.kind for f in failures)
     read = failures if reasons_from is None else failures[: max(reasons_from, list_failed)]
     docs = runlog.failure_docs(read)

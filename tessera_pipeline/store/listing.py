@@ -37,49 +37,39 @@ class Committed:
     tiles: list[str]
     modified: np.ndarray
 
-    def __len__(self) -> int:
-        """Number of committed tiles."""
-        return len(self.tiles)
 
-    def names(self) -> set[str]:
-        """The committed tile names as a set (for membership tests against a plan)."""
-        return set(self.tiles)
+def _scan_shards(backend: Backend, base: str, pick: Callable[[str, float], R | None]) -> list[R]:
+    """`pick` over every object under the folder `base` (None drops it): one listing, as the 20 name-prefix
+    shards side by side where the backend lists concurrently (S3)."""
+    prefixes = [f"{base}/{shard}" for shard in NAME_SHARDS] if backend.concurrent_listing else [f"{base}/"]
 
+    def shard(prefix: str) -> list[R]:
+        picked = (pick(key, modified) for key, modified in backend.scan(prefix))
+        return [item for item in picked if item is not None]
 
-def _markers_in(backend: Backend, prefix: str, base: str) -> tuple[list[str], list[float]]:
-    """Tile names and modified times of the markers a scan of `prefix` finds directly under `base`."""
-    names: list[str] = []
-    times: list[float] = []
-    cut, suffix = len(base), layout.MARKER_SUFFIX
-    for key, modified in backend.scan(prefix):
-        name = key[cut:]
-        if not name.endswith(suffix) or "/" in name:
-            continue
-        tile = name[: -len(suffix)]
-        if layout.is_tile(tile):
-            names.append(tile)
-            times.append(modified)
-    return names, times
+    return [item for part in parallel_map(shard, prefixes) for item in part]
 
 
 def committed(backend: Backend, year: int) -> Committed:
-    """Every commit marker of `year`: one streamed listing, sharded by name prefix where the backend lists
-    concurrently (S3)."""
-    base = f"{layout.marker_prefix(year)}/"
-    prefixes = [base + shard for shard in NAME_SHARDS] if backend.concurrent_listing else [base]
-    parts = parallel_map(lambda p: _markers_in(backend, p, base), prefixes)
-    tiles = [name for names, _ in parts for name in names]
-    modified = np.fromiter((t for _, times in parts for t in times), dtype=np.float64, count=len(tiles))
-    return Committed(year, tiles, modified)
+    """Every commit marker of `year` (names and times only, no GETs)."""
+    base = layout.marker_prefix(year)
+    cut, suffix = len(base) + 1, layout.MARKER_SUFFIX
+
+    def marker(key: str, modified: float) -> tuple[str, float] | None:
+        name = key[cut:]
+        if not name.endswith(suffix) or "/" in name:
+            return None
+        tile = name[: -len(suffix)]
+        return (tile, modified) if layout.is_tile(tile) else None
+
+    found = _scan_shards(backend, base, marker)
+    return Committed(year, [tile for tile, _ in found],
+                     np.fromiter((when for _, when in found), dtype=np.float64, count=len(found)))
 
 
 def year_objects(backend: Backend, year: int) -> set[str]:
     """Every object key under the year's tile groups: one listing (S3: the 20 name-prefix shards side by side)."""
-    base = layout.year_key(year)
-    if not backend.concurrent_listing:
-        return set(backend.list_keys(base))
-    parts = parallel_map(lambda p: [key for key, _ in backend.scan(p)], [f"{base}/{s}" for s in NAME_SHARDS])
-    return {key for part in parts for key in part}
+    return set(_scan_shards(backend, layout.year_key(year), lambda key, _: key))
 
 
 def absent(backend: Backend, year: int, keys: list[str]) -> np.ndarray:
@@ -90,9 +80,7 @@ def absent(backend: Backend, year: int, keys: list[str]) -> np.ndarray:
     """
     if backend.concurrent_listing:
         wanted = set(keys)
-        shards = [f"{layout.year_key(year)}/{s}" for s in NAME_SHARDS]
-        parts = parallel_map(lambda p: [key for key, _ in backend.scan(p) if key in wanted], shards)
-        present = {key for part in parts for key in part}
+        present = set(_scan_shards(backend, layout.year_key(year), lambda key, _: key if key in wanted else None))
         return np.fromiter((key not in present for key in keys), dtype=bool, count=len(keys))
     return ~np.fromiter(backend.exists(keys), dtype=bool, count=len(keys))
 
