@@ -1,9 +1,5 @@
 """`bench --calibrate` here, then `plan` with that profile predicts a small region's measured `run` time here
-within 20 % (both through the CLI, a real-size random v1.1 model at the run policy's precision).
-
-The fleet issue asks for 15 %; clean runs on this 2-core machine measured 14.2 %, under 15 % and 15.8-16.3 %
-(the plan under-predicts by ~4 s on four tiles: a per-run constant is still missing), so 15 % does not
-hold reliably yet and this guards 20 % until that constant is found."""
+within 15 % (both through the CLI, a real-size random v1.1 model at the run policy's precision)."""
 
 from __future__ import annotations
 
@@ -50,15 +46,15 @@ def _predict_and_run(tmp_path: Path, attempt: int) -> tuple[float, float]:
     return float(report["fleet"]["wall_s"]), float(json.loads(run.stdout)["progress"]["elapsed_s"])
 
 
-def test_a_calibrated_plan_predicts_the_run_within_20_percent(tmp_path: Path) -> None:
+def test_a_calibrated_plan_predicts_the_run_within_15_percent(tmp_path: Path) -> None:
     """The host is shared: a burst of load during either measurement skews one pair, so a second
-    calibrate-and-run pair is taken when the first misses, and the better pair must be within 20 %."""
+    calibrate-and-run pair is taken when the first misses, and the better pair must be within 15 %."""
     errors = []
     for attempt in range(2):
         predicted, measured = _predict_and_run(tmp_path, attempt)
         error = abs(predicted - measured) / measured
         print(f"attempt {attempt + 1}: predicted {predicted:.1f} s, measured {measured:.1f} s, error {100 * error:.1f} %")
         errors.append((error, predicted, measured))
-        if error < 0.20:
+        if error < 0.15:
             break
-    assert min(errors)[0] < 0.20, errors
+    assert min(errors)[0] < 0.15, errors
