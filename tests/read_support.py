@@ -1,0 +1,104 @@
+"""Shared set-up for the reader tests: a 3 x 3 block of full-size tiles near a UTM zone edge (Svalbard, where
+neighbouring rasters overlap by ~55 pixels), one pending, no-data patches, and a brute-force reference reader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from pyproj import Transformer
+
+from tessera_pipeline.bench.store_bench import MODEL_ATTRS, realistic_tile
+from tessera_pipeline.grid import N_LAT, N_LON, index_from_point, tile_geometry
+from tessera_pipeline.landmask import LandMask
+from tessera_pipeline.store import TileStore
+
+YEAR = 2024
+LONS = (17.75, 17.85, 17.95)
+LATS = (79.55, 79.65, 79.75)
+BLOCK = [f"grid_{lon:.2f}_{lat:.2f}" for lon in LONS for lat in LATS]
+PENDING_TILE = "grid_17.95_79.75"
+COMMITTED = [t for t in BLOCK if t != PENDING_TILE]
+#: The 3 x 3 block's lon/lat box.
+BOX = (17.70, 79.50, 18.0, 79.80)
+
+
+def landmask() -> LandMask:
+    """Only the block's nine cells are land: points around it are water."""
+    grid = np.zeros((N_LAT, N_LON), bool)
+    for lon in LONS:
+        for lat in LATS:
+            ix, iy = index_from_point(lon, lat)
+            grid[iy, ix] = True
+    return LandMask(grid=grid, source="test")
+
+
+def tile_arrays(tile: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Realistic int8 embeddings and scales of a tile's full raster, with no-data patches (NaN scales) in its
+    edge columns (where neighbours overlap) and a band of rows."""
+    g = tile_geometry(tile)
+    emb, scales = realistic_tile(g.height, g.width, seed=seed)
+    rng = np.random.default_rng(seed)
+    scales = scales.astype(np.float32)
+    scales[rng.integers(0, g.height - 40):][:40] = np.nan
+    for _ in range(30):
+        r, c = rng.integers(0, g.height - 20), rng.choice([rng.integers(0, 40), rng.integers(g.width - 60, g.width - 10)])
+        scales[r:r + 20, c:c + 10] = np.nan
+    emb[np.isnan(scales)] = 0
+    return emb, scales
+
+
+def write_block(url: str, tiles: list[str] = COMMITTED) -> TileStore:
+    """A store holding `tiles` of the block, each with its true geometry."""
+    store = TileStore(url)
+    if store.root_attrs() is None:
+        store.create(MODEL_ATTRS)
+    for i, tile in enumerate(BLOCK):
+        if tile not in tiles:
+            continue
+        g = tile_geometry(tile)
+        emb, scales = tile_arrays(tile, seed=i)
+        store.write_tile(YEAR, tile, emb, scales, epsg=g.epsg, transform=g.transform, provenance={})
+    return store
+
+
+def points(n: int, seed: int = 1) -> np.ndarray:
+    """N lon/lat points over the block and a margin of water around it."""
+    rng = np.random.default_rng(seed)
+    west, south, east, north = BOX
+    lon = rng.uniform(west - 0.02, east + 0.02, n)
+    lat = rng.uniform(south - 0.01, north + 0.01, n)
+    return np.stack([lon, lat], axis=1)
+
+
+def brute_force(store: TileStore, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dequantised embeddings at points and the tile each reads, the slow way: every committed tile read whole
+    (`read_tile(dequantise=True)`), placed on geotessera's zone grid (origin from the block's cells; floor), tiles in
+    (lon, lat) order, a later tile's value kept where it is not NaN."""
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    corners = [to_utm.transform(lon + dx, lat + dy) for lon in LONS for lat in LATS
+               for dx in (-0.05, 0.05) for dy in (-0.05, 0.05)]
+    x0 = math.floor(min(c[0] for c in corners) / 10) * 10
+    y0 = math.ceil(max(c[1] for c in corners) / 10) * 10
+    x, y = to_utm.transform(pts[:, 0], pts[:, 1])
+    col = np.floor((np.asarray(x) - x0) / 10).astype(int)
+    row = np.floor((y0 - np.asarray(y)) / 10).astype(int)
+    out = np.full((len(pts), 128), np.nan, np.float32)
+    src = np.full(len(pts), "", dtype=object)
+    for tile in sorted(store.list_complete(YEAR), key=lambda k: (tile_geometry(k.tile).lon, tile_geometry(k.tile).lat)):
+        data = store.read_tile(YEAR, tile.tile, dequantise=True)
+        a, _b, c, _d, _e, f = data.transform
+        col0, row0 = math.floor((c - x0) / 10), math.floor((y0 - f) / 10)
+        h, w = data.scales.shape
+        for i in range(len(pts)):
+            r, cc = row[i] - row0, col[i] - col0
+            if 0 <= r < h and 0 <= cc < w and not np.isnan(data.embeddings[r, cc, 0]):
+                out[i] = data.embeddings[r, cc]
+                src[i] = tile.tile
+    return out, src
+
+
+def committed_path(root: Path) -> str:
+    """The store's local URL under a test folder."""
+    return str(root / "store.zarr")
