@@ -34,11 +34,20 @@ def landmask() -> LandMask:
     return LandMask(grid=grid, source="test")
 
 
-def tile_arrays(tile: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Realistic int8 embeddings and scales of a tile's full raster, with no-data patches (NaN scales) in its
-    edge columns (where neighbours overlap) and a band of rows."""
+def patterned_tile(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 embeddings distinct per pixel but highly compressible (a few MB per tile on a test S3 server)."""
+    r, c, b = np.ogrid[:height, :width, :128]
+    emb = ((r * 7 + c * 13 + b * 3 + seed * 31) % 255 - 127).astype(np.int8)
+    emb[..., 0] = 127
+    scales = (0.01 + 0.001 * ((np.arange(height)[:, None] + np.arange(width)[None, :] + seed) % 50)).astype(np.float32)
+    return emb, scales
+
+
+def tile_arrays(tile: str, seed: int, *, compressible: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Int8 embeddings and scales of a tile's full raster (realistic statistics, or compressible), with no-data
+    patches (NaN scales) in its edge columns (where neighbours overlap) and a band of rows."""
     g = tile_geometry(tile)
-    emb, scales = realistic_tile(g.height, g.width, seed=seed)
+    emb, scales = (patterned_tile if compressible else realistic_tile)(g.height, g.width, seed=seed)
     rng = np.random.default_rng(seed)
     scales = scales.astype(np.float32)
     scales[rng.integers(0, g.height - 40):][:40] = np.nan
@@ -49,7 +58,7 @@ def tile_arrays(tile: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return emb, scales
 
 
-def write_block(url: str, tiles: list[str] = COMMITTED) -> TileStore:
+def write_block(url: str, tiles: list[str] = COMMITTED, *, compressible: bool = False) -> TileStore:
     """A store holding `tiles` of the block, each with its true geometry."""
     store = TileStore(url)
     if store.root_attrs() is None:
@@ -58,7 +67,7 @@ def write_block(url: str, tiles: list[str] = COMMITTED) -> TileStore:
         if tile not in tiles:
             continue
         g = tile_geometry(tile)
-        emb, scales = tile_arrays(tile, seed=i)
+        emb, scales = tile_arrays(tile, seed=i, compressible=compressible)
         store.write_tile(YEAR, tile, emb, scales, epsg=g.epsg, transform=g.transform, provenance={})
     return store
 

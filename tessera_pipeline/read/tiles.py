@@ -62,7 +62,7 @@ class TileReader:
                 self._groups.move_to_end(ref.path)
                 return group
         try:
-            group = zarr.open_group(self.backend.zarr_store(ref.path), mode="r", use_consolidated=True)
+            group = zarr.open_group(self.backend.zarr_store(ref.path), mode="r", zarr_format=3, use_consolidated=True)
         except FileNotFoundError as exc:
             raise StoreIntegrityError(f"missing object {ref.path}/zarr.json in {self.url}", tile=ref.tile) from exc
         with self._lock:
