@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
     default=None,
     help="Write geotessera's local tile layout (NPY + landmask GeoTIFF) under this directory.",
 )
+@click.option("--mosaic", is_flag=True, default=False,
+              help="With --bbox and --geotiff: one GeoTIFF of the box on its UTM zone's 10 m grid, tiles snapped and "
+                   "overlaid as the reader does (not one file per tile).")
+@click.option("--release", default=None, metavar="NAME", help="With --mosaic: read the versions of this release.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace output files that already exist.")
 def export(
     store_url: str,
@@ -43,6 +47,8 @@ def export(
     geotiff: Path | None,
     dequantise: bool,
     npy_dir: Path | None,
+    mosaic: bool,
+    release: str | None,
     overwrite: bool,
 ) -> None:
     """Export committed tiles with their CRS and transform: GeoTIFF or geotessera NPY layout.
@@ -56,6 +62,11 @@ def export(
 
     if (geotiff is None) == (npy_dir is None):
         raise click.UsageError("choose one output: --geotiff OUT.tif or --npy DIR")
+    if mosaic or release is not None:
+        if geotiff is None or region.bbox is None or not mosaic:
+            raise click.UsageError("--mosaic needs --bbox and --geotiff (and --release goes with --mosaic)")
+        _export_mosaic(store_url, year, region.bbox, geotiff, dequantise, release, overwrite)
+        return
     if dequantise and geotiff is None:
         raise click.UsageError("--dequantise applies to --geotiff only")
     if bool(tile_names) == region.given:
@@ -91,5 +102,28 @@ def export(
                        option, overwrite=overwrite, layout_root=npy_dir)
     written = export_tiles(store, year, tiles, geotiff=geotiff, dequantised=dequantise, npy_dir=npy_dir)
     click.echo(f"exported {len(tiles)} tile(s), {len(written)} file(s)")
+    for path in written:
+        click.echo(f"  {path}")
+
+
+def _export_mosaic(store_url: str, year: int, bbox: str, out: Path, dequantised: bool, release: str | None,
+                   overwrite: bool) -> None:
+    """One GeoTIFF of a box through the reader, written chunk by chunk with a progress bar."""
+    from tessera_pipeline.cli.console import make_console, progress
+    from tessera_pipeline.read import open_reader
+    from tessera_pipeline.read.geotiff import write_region_geotiff
+    from tessera_pipeline.region import parse_bbox
+
+    west, south, east, north = parse_bbox(bbox)
+    files = [out] if dequantised else [out, out.with_name(f"{out.stem}_scales{out.suffix}")]
+    check_output_files(files, "--geotiff", overwrite=overwrite)
+    reader = open_reader(store_url, release=release)
+    if release is None and reader.store.root_attrs() is None:
+        raise StoreError(f"no store at {reader.store.url}")
+    da = reader.read_region((west, south, east, north), year, dequantise=dequantised)
+    blocks = len(da.chunks[1]) * len(da.chunks[2])
+    with progress(make_console(stderr=True), "writing the mosaic", blocks, unit="blocks") as advance:
+        written = write_region_geotiff(da, out, on_block=lambda _done, _total: advance(1))
+    click.echo(f"exported a {da.sizes['y']} x {da.sizes['x']} mosaic ({da.rio.crs}), {len(written)} file(s)")
     for path in written:
         click.echo(f"  {path}")

@@ -53,8 +53,15 @@ class Reader:
             self.index = TableIndex(table, f"manifest {manifest}" if isinstance(manifest, (str, Path)) else "manifest")
         else:
             self.index = MarkerIndex(self.store)
-        self.landmask = landmask if isinstance(landmask, LandMask) else load_landmask(landmask)
+        self._landmask = landmask
         self.tiles = TileReader(self.store.backend, self.store.url)
+
+    @property
+    def landmask(self) -> LandMask:
+        """The land mask, loaded when first needed (region reads never need it)."""
+        if not isinstance(self._landmask, LandMask):
+            self._landmask = load_landmask(self._landmask)
+        return self._landmask
 
     def _lookup(self, year: int) -> Any:
         """A per-call memo of the index: each tile looked up once, again only when asked for fresh."""
