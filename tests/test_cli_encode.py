@@ -90,3 +90,4 @@ def test_demo_runs_end_to_end_and_says_weights_are_random(tmp_path: Path) -> Non
     assert "all checksums match" in result.stdout and "4 tiles committed, 0 failed" in result.stdout
     assert (tmp_path / "demo" / "grid_-1.55_53.25.tif").is_file()
     assert (tmp_path / "demo" / "region_pca.png").is_file()
+    assert "sample_points" in result.stdout and "no-observations" in result.stdout and "water" in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -11,6 +12,11 @@ from rich.table import Table
 
 from tessera_pipeline.cli.outputs import prepare_output_dir
 from tessera_pipeline.cli.params import size_callback
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from tessera_pipeline.read import Reader
 
 DEMO_TILE = "grid_-1.55_53.25"
 DEMO_YEAR = 2024
@@ -28,14 +34,16 @@ def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
     import rasterio
     import rasterio.errors
 
-    embeddings = np.nan_to_num(embeddings)
     h, w, d = embeddings.shape
     flat = embeddings.reshape(-1, d).astype(np.float64)
-    flat -= flat.mean(axis=0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    pcs = flat @ vt[:3].T
-    lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
-    rgb = np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+    valid = ~np.isnan(flat).any(axis=1)
+    rgb = np.zeros((h * w, 3))
+    if valid.any():
+        data = flat[valid] - flat[valid].mean(axis=0)
+        _, _, vt = np.linalg.svd(data, full_matrices=False)
+        pcs = data @ vt[:3].T
+        lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
+        rgb[valid, :pcs.shape[1]] = np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
     image = (rgb.reshape(h, w, 3) * 255).astype(np.uint8).transpose(2, 0, 1)
     zoom = max(1, 512 // max(h, w))  # small demo tiles: nearest-neighbour zoom so the picture can be seen
     image = image.repeat(zoom, axis=1).repeat(zoom, axis=2)
@@ -44,6 +52,27 @@ def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path, "w", driver="PNG", width=w, height=h, count=3, dtype="uint8") as dst:
             dst.write(image)
+
+
+def _sampled(reader: Reader, region: xr.DataArray) -> Table:
+    """`sample_points` at one pixel with data per tile, one without, and one in the sea: a table of what each holds."""
+    from pyproj import Transformer
+
+    from tessera_pipeline.grid import tile_centre
+
+    has = np.argwhere(~np.isnan(region.values[0]))
+    picks = [has[i] for i in np.linspace(0, len(has) - 1, 4).astype(int)] if len(has) else []
+    xs = [float(region.x[c]) for _r, c in picks]
+    ys = [float(region.y[r]) for r, _c in picks]
+    lon, lat = Transformer.from_crs(region.rio.crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+    centre = tile_centre(DEMO_TILE)  # outside its reduced-size raster: committed, no data there
+    points = [*zip(lon, lat), centre, (-5.0, 53.8)]
+    got = reader.sample_points(points, DEMO_YEAR)
+    table = Table("lon", "lat", "status", "tile", "embedding[:3]", title="7. sample_points")
+    for i, (x, y) in enumerate(points):
+        head = ", ".join(f"{v:.3f}" for v in got.embeddings[i, :3])
+        table.add_row(f"{x:.5f}", f"{y:.5f}", str(got.status[i]), str(got.tile[i]), head)
+    return table
 
 
 @click.command("demo")
@@ -70,6 +99,7 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     from tessera_pipeline.grid import TileSet
     from tessera_pipeline.inputs.synthetic import check_size_fits, make_synthetic_tile, parse_size
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
+    from tessera_pipeline.read import open_reader
     from tessera_pipeline.run.config import build_config
     from tessera_pipeline.run.session import start
     from tessera_pipeline.store import TileStore
@@ -108,20 +138,25 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     tif = out_dir / f"{DEMO_TILE}.tif"
     export_tiles(store, DEMO_YEAR, [DEMO_TILE], geotiff=tif, dequantised=True)
     console.print(f"5. exported GeoTIFF      {tif}")
-    tiles = [store.read_tile(DEMO_YEAR, t, dequantise=True) for t in DEMO_TILES]
-    gap = np.full((hw_size[0], 1, tiles[0].embeddings.shape[2]), np.nan, np.float32)
-    strip = np.concatenate([x for t in tiles for x in (t.embeddings, gap)][:-1], axis=1)
+    reader = open_reader(store)
+    west, south, east, north = (float(v) for v in DEMO_BBOX.split(","))
+    region = reader.read_region((west, south, east, north), DEMO_YEAR)
     png = out_dir / "region_pca.png"
-    write_pca_png(strip, png)
-    console.print(f"6. first 3 principal components of the 4 tiles, side by side: {png}")
+    write_pca_png(region.values.transpose(1, 2, 0), png)
+    console.print(f"6. read_region of the box on UTM zone 30's 10 m grid ({region.sizes['y']} x {region.sizes['x']} px, "
+                  f"{region.rio.crs}): its first 3 principal components, each tile's {size} px in its true place: {png}")
+    print_table(console, _sampled(reader, region))
+    tiles = [store.read_tile(DEMO_YEAR, t, dequantise=True) for t in DEMO_TILES]
     table = Table("tile", "size", "EPSG", "version", "precision", "hardware class", title="the store")
     for t in tiles:
         prov = t.provenance
         table.add_row(t.tile, f"{t.embeddings.shape[0]}x{t.embeddings.shape[1]}", str(t.epsg), t.version,
                       str(prov.get("precision")), str(prov.get("hardware_class")))
     print_table(console, table)
-    console.print(f"Read it back: tessera-pipeline export --store {store_url} --year {DEMO_YEAR} --bbox={DEMO_BBOX} "
-                  f"--npy mirror/ ; tessera-pipeline status --store {store_url} ; or in Python: "
-                  f"TileStore({store_url!r}).read_tile({DEMO_YEAR}, {DEMO_TILE!r}, dequantise=True)", markup=False)
+    console.print(f"Read it back: tessera-pipeline sample --store {store_url} --year {DEMO_YEAR} --points points.csv "
+                  f"--out samples.parquet ; tessera-pipeline export --store {store_url} --year {DEMO_YEAR} "
+                  f"--bbox={DEMO_BBOX} --geotiff box.tif --mosaic ; or in Python: "
+                  f"open_reader({store_url!r}).read_region(({west}, {south}, {east}, {north}), {DEMO_YEAR})",
+                  markup=False)
     if bad or (report.outcome and report.outcome.progress.failed):
         raise SystemExit(1)
