@@ -102,3 +102,23 @@ def test_a_20_by_20_tile_region_reads_in_bounded_memory(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert valid == len(committed) * 16 * 16
     assert peak < 1e9, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_export_cog_is_cloud_optimised_and_equals_the_region(two: TileStore, tmp_path: Path) -> None:
+    import rasterio
+
+    from tessera_pipeline.read.geotiff import is_cog
+
+    out = tmp_path / "box.tif"
+    done = _cli("export", "--store", two.url, "--year", str(YEAR), "--bbox", "17.78,79.60,17.88,79.70", "--cog",
+                str(out), "--bands", "0:3")
+    assert done.returncode == 0, done.stderr
+    assert is_cog(out) == []
+    want = open_reader(two).read_region((17.78, 79.60, 17.88, 79.70), YEAR).isel(band=slice(0, 3))
+    with rasterio.open(out) as src:
+        assert src.count == 3 and src.crs.to_epsg() == 32633 and src.overviews(1)
+        assert src.descriptions == ("embedding_000", "embedding_001", "embedding_002")
+        np.testing.assert_array_equal(src.read(), want.values)
+    again = _cli("export", "--store", two.url, "--year", str(YEAR), "--bbox", "17.78,79.60,17.88,79.70", "--cog",
+                 str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr

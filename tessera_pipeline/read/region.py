@@ -128,8 +128,9 @@ class _Chunks:
         q, s = self._read(rows, cols)
         if self.kind == "scales":
             return s
+        q = q[..., bands]
         values = dequantise(q, s) if self.kind == "dequantised" else q
-        return np.moveaxis(values, -1, 0)[bands]
+        return np.moveaxis(values, -1, 0)
 
 
 def lazy(read: Callable[[slice, slice], tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], kind: str,
