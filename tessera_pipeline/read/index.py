@@ -93,6 +93,10 @@ class TableIndex:
         found = (self._rows.get((year, t)) for t in set(tiles))
         return {ref.tile: ref for ref in found if ref is not None}
 
+    def refs(self, year: int) -> list[TileRef]:
+        """Every tile version the table holds for a year."""
+        return [ref for (y, _t), ref in sorted(self._rows.items()) if y == year]
+
     def years(self) -> list[int]:
         """The years the table holds."""
         return sorted({y for y, _ in self._rows})

@@ -1,0 +1,198 @@
+"""`mosaic`: committed tiles (or a release's) into geotessera's zone store, one whole shard at a time, incrementally.
+
+Each shard (4096 x 4096 pixels of a zone, one year) is rebuilt from every tile version that overlaps it, in
+(lon, lat) order, a later tile's data winning where it has data (no-data never erases data; geotessera's
+writer pastes whole windows). Pixels of cells that are not land are NaN (water); a committed tile's
+no-data pixels are NaN, as geotessera stores them; land nobody filled stays +inf.
+
+What each shard holds is recorded beside the store (`{out}.mosaic/{year}/utm{zz}/{row}_{col}.json`: the tile
+versions it was built from). A run rebuilds only the shards whose wanted versions differ from their record,
+so after more tiles commit or a tile is reprocessed only the shards those tiles touch are rewritten; the
+record goes last, so a killed run rebuilds the shards it did not finish, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera_pipeline.grid import N_LAT, index_from_point
+from tessera_pipeline.landmask import LandMask
+from tessera_pipeline.read import lattice
+from tessera_pipeline.read.index import TileRef
+from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
+from tessera_pipeline.read.tiles import TileReader, valid_scale
+
+log = logging.getLogger(__name__)
+
+#: Record format written beside each shard.
+RECORD_FORMAT = "tessera-mosaic-shard/1"
+#: Rows of a shard projected back to lon/lat at a time when telling water from land (bounded memory).
+WATER_ROWS = 512
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to build: where it is and the tile versions that overlap it, in overlay order."""
+
+    zone: int
+    year: int
+    row: int
+    col: int
+    tiles: tuple[TileRef, ...]
+
+    @property
+    def wanted(self) -> dict[str, str]:
+        """The record this shard should carry: tile -> version."""
+        return {t.tile: t.version for t in self.tiles}
+
+
+@dataclass
+class MosaicPlan:
+    """The shards a mosaic run must (re)build, and those already up to date."""
+
+    jobs: list[ShardJob] = field(default_factory=list)
+    current: int = 0
+    zones: dict[int, ZoneGrid] = field(default_factory=dict)
+
+
+def state_prefix(year: int, zone: int) -> str:
+    """Where the shard records of a zone and year live, relative to the state root."""
+    return f"{year}/utm{zone:02d}"
+
+
+def record_key(job: ShardJob) -> str:
+    """The record of one shard, relative to the state root."""
+    return f"{state_prefix(job.year, job.zone)}/{job.row}_{job.col}.json"
+
+
+def record_bytes(job: ShardJob) -> bytes:
+    """A shard's record: its format, place and the tile versions it holds."""
+    return json.dumps({"format": RECORD_FORMAT, "zone": job.zone, "year": job.year, "shard": [job.row, job.col],
+                       "tiles": job.wanted}, sort_keys=True, indent=1).encode()
+
+
+def _order(ref: TileRef) -> tuple[float, float]:
+    """Overlay order: (lon, lat) of the tile centre."""
+    from tessera_pipeline.grid import parse_tile_name
+
+    return parse_tile_name(ref.tile)
+
+
+def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -> list[ShardJob]:
+    """Every shard the tiles touch, with the tiles overlapping it (in (lon, lat) order)."""
+    touching: dict[tuple[int, int, int], list[TileRef]] = {}
+    for ref in sorted(refs, key=_order):
+        zone = lattice.zone_of_epsg(ref.epsg)
+        grid = grids[zone]
+        row0, col0 = lattice.tile_origin(ref.transform, ref.epsg)
+        r0, c0 = row0 - grid.row_offset, col0 - grid.col_offset
+        for sr in range(r0 // SHARD_SIZE, (r0 + ref.height - 1) // SHARD_SIZE + 1):
+            for sc in range(c0 // SHARD_SIZE, (c0 + ref.width - 1) // SHARD_SIZE + 1):
+                touching.setdefault((zone, sr, sc), []).append(ref)
+    return [ShardJob(zone, year, sr, sc, tuple(tiles)) for (zone, sr, sc), tiles in sorted(touching.items())]
+
+
+def zone_grids(refs: list[TileRef], landmask: LandMask) -> dict[int, ZoneGrid]:
+    """A grid per zone the tiles are in, laid over the zone's land tiles and these tiles (geotessera's rule)."""
+    from tessera_pipeline.grid import CELLS_PER_DEGREE, parse_tile_name, utm_zone
+
+    land_iy, land_ix = np.nonzero(landmask.grid)
+    land_lon = land_ix / CELLS_PER_DEGREE - 180.0 + 0.05
+    land_lat = land_iy / CELLS_PER_DEGREE - 90.0 + 0.05
+    land_zone = utm_zone(land_lon)
+    grids = {}
+    for zone in sorted({lattice.zone_of_epsg(r.epsg) for r in refs}):
+        centres = np.array([parse_tile_name(r.tile) for r in refs if lattice.zone_of_epsg(r.epsg) == zone])
+        sel = land_zone == zone
+        lons = np.concatenate([land_lon[sel], centres[:, 0]])
+        lats = np.concatenate([land_lat[sel], centres[:, 1]])
+        grids[zone] = lattice.zone_grid(zone, lons, lats)
+    return grids
+
+
+def _water(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> np.ndarray:
+    """True where a shard's pixel centre lies in a cell that is not land (pixel centres projected back, in row blocks)."""
+    water = np.zeros((SHARD_SIZE, SHARD_SIZE), bool)
+    cols = grid.col_offset + col0 + np.arange(SHARD_SIZE)
+    for start in range(0, SHARD_SIZE, WATER_ROWS):
+        rows = grid.row_offset + row0 + start + np.arange(WATER_ROWS)
+        x, y = lattice.pixel_centres(*np.meshgrid(rows, cols, indexing="ij"))
+        lon, lat = lattice.unproject(x.ravel(), y.ravel(), grid.zone)
+        ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90)
+        land = np.zeros(lon.shape, bool)
+        ix, iy = index_from_point(np.where(ok, lon, 0.0), np.clip(np.where(ok, lat, 0.0), -90, 90))
+        land[ok] = landmask.contains(ix, iy)[ok]
+        water[start:start + WATER_ROWS] = ~land.reshape(WATER_ROWS, SHARD_SIZE)
+    return water
+
+
+def _all_land(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> bool:
+    """True when every cell a shard can touch is land (so no pixel needs projecting back)."""
+    r = grid.row_offset + row0 + np.array([0, SHARD_SIZE // 2, SHARD_SIZE])
+    c = grid.col_offset + col0 + np.array([0, SHARD_SIZE // 2, SHARD_SIZE])
+    x, y = lattice.pixel_centres(*np.meshgrid(r, c, indexing="ij"))
+    lon, lat = lattice.unproject(x.ravel(), y.ravel(), grid.zone)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()) or np.abs(lat).max() >= 89.9:
+        return False
+    ix, iy = index_from_point(lon, lat)
+    ix0, ix1, iy0, iy1 = int(ix.min()) - 1, int(ix.max()) + 1, max(int(iy.min()) - 1, 0), min(int(iy.max()) + 1, N_LAT - 1)
+    gx, gy = np.meshgrid(np.arange(ix0, ix1 + 1) % landmask.grid.shape[1], np.arange(iy0, iy1 + 1))
+    return bool(landmask.contains(gx, gy).all())
+
+
+def build_shard(job: ShardJob, grid: ZoneGrid, reader: TileReader, landmask: LandMask) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's (128, 4096, 4096) int8 embeddings and (4096, 4096) scales."""
+    row0, col0 = job.row * SHARD_SIZE, job.col * SHARD_SIZE
+    emb = np.zeros((128, SHARD_SIZE, SHARD_SIZE), np.int8)
+    scales = np.full((SHARD_SIZE, SHARD_SIZE), np.inf, np.float32)
+    if not _all_land(grid, row0, col0, landmask):
+        scales[_water(grid, row0, col0, landmask)] = np.nan
+    for ref in job.tiles:
+        t_row0, t_col0 = lattice.tile_origin(ref.transform, ref.epsg)
+        r0 = t_row0 - grid.row_offset - row0
+        c0 = t_col0 - grid.col_offset - col0
+        a0, a1 = max(r0, 0), min(r0 + ref.height, SHARD_SIZE)
+        b0, b1 = max(c0, 0), min(c0 + ref.width, SHARD_SIZE)
+        if a0 >= a1 or b0 >= b1:
+            continue
+        q, s = reader.window(ref, slice(a0 - r0, a1 - r0), slice(b0 - c0, b1 - c0))
+        has = valid_scale(s)
+        here = scales[a0:a1, b0:b1]
+        here[~has & ~valid_scale(here)] = np.nan
+        here[has] = s[has]
+        block = emb[:, a0:a1, b0:b1]
+        block[:, has] = np.moveaxis(q, -1, 0)[:, has]
+    return emb, scales
+
+
+def write_shard(group: Any, time_index: int, job: ShardJob, emb: np.ndarray, scales: np.ndarray) -> None:
+    """Write one shard whole: its old embeddings object first removed (a half rewrite never looks complete),
+    then scales, then embeddings."""
+    from zarr.core.sync import sync
+
+    r, c = job.row * SHARD_SIZE, job.col * SHARD_SIZE
+    h = min(SHARD_SIZE, group["scales"].shape[1] - r)
+    w = min(SHARD_SIZE, group["scales"].shape[2] - c)
+    array = group["embeddings"]
+    sync((array.store_path / f"c/{time_index}/0/{job.row}/{job.col}").delete())
+    group["scales"][time_index, r:r + h, c:c + w] = scales[:h, :w]
+    if not emb.any():
+        array = array.with_config({"write_empty_chunks": True})
+    array[time_index, :, r:r + h, c:c + w] = emb[None, :, :h, :w]
+
+
+def stale(jobs: list[ShardJob], records: Callable[[ShardJob], bytes | None]) -> list[ShardJob]:
+    """The shards whose record is missing or names other tile versions than wanted."""
+    out = []
+    for job in jobs:
+        raw = records(job)
+        held = json.loads(raw).get("tiles") if raw else None
+        if held != job.wanted:
+            out.append(job)
+    return out
