@@ -309,15 +309,22 @@ class FixedShapeEngine:
     # --- device side ----------------------------------------------------------------------
 
     def _upload(self, block: _HostBlock, arrays: dict[Stream, device_prep.StreamArrays], first_slot: int) -> None:
-        """Copy a v1.1 block to the device (side stream on CUDA) and store it pixel-major from `first_slot`."""
+        """Copy a v1.1 block to the device (side stream on CUDA) and store it pixel-major from `first_slot`.
+
+        The copy overlaps compute; the store into the slots runs on the compute stream, after every
+        earlier pack and compaction that read those (reused) slots.
+        """
         ctx = torch.cuda.stream(self.upload_stream) if self.upload_stream is not None else _NullContext()
         with ctx:
             mask = block.mask.to(self.device, non_blocking=True) if block.mask is not None else None
-            for stream in STREAMS:
-                raw = block.raw[stream].to(self.device, non_blocking=True)
-                device_prep.store_block(arrays[stream], first_slot, raw, mask if stream == "s2" else None)
+            raw = {stream: block.raw[stream].to(self.device, non_blocking=True) for stream in STREAMS}
         if self.upload_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self.upload_stream)
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self.upload_stream)
+            for t in (*raw.values(), *([mask] if mask is not None else [])):
+                t.record_stream(compute)
+        for stream in STREAMS:
+            device_prep.store_block(arrays[stream], first_slot, raw[stream], mask if stream == "s2" else None)
 
     def _to_device(self, ids: np.ndarray) -> torch.Tensor:
         return self._pin(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))).to(self.device, non_blocking=True)
@@ -459,8 +466,6 @@ class FixedShapeEngine:
             }
         dims = {s: self.backbones[s].cfg.d_model for s in STREAMS}
         ws = _WorkingSet(mplan.capacity, tile.height * tile.width, dims, arrays, self.device)
-        if self.upload_stream is not None:
-            self.upload_stream.wait_stream(torch.cuda.current_stream(self.device))
         queues: dict[tuple[Stream, int], _Pending] = {}
         runs: list[_PackRun] = []
         for block in self._blocks(tile, mplan.block_rows):
