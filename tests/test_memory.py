@@ -3,16 +3,21 @@
 On CPU tensors: a tiny budget (many flushes and compactions of the working set) gives the same bytes
 as the whole tile resident, for v1.1 (inputs on the device, empty streams) and v1.0 (host tokens,
 skipped pixels); the accounting that sizes the blocks plans <= 8 GB for the largest land tile under
-the default budget. On CUDA (skipped without one): the measured peak of a full-size tile.
+the default budget, and bounds the live tensors of a pack and of a whole bounded encode on CPU.
+On CUDA (skipped without one): the measured peak of a full-size tile.
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from tessera_pipeline.encode import EncodeSettings, TileEncoder, memory, prepare
 from tessera_pipeline.encode.fixed_engine import FixedShapeEngine, PackPlan
@@ -20,6 +25,7 @@ from tessera_pipeline.inputs.synthetic import synthetic_arrays
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model import load_model
 from tessera_pipeline.model.architecture import build_model, v1_0_config, v1_1_config
+from tessera_pipeline.model.fixed import FixedBackbone
 from tessera_pipeline.precision import DEVICE_MEMORY_BUDGET, GPU_BATCH
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -34,6 +40,40 @@ def _tile(h: int, w: int, seed: int, blank_rows: int = 0) -> DPixelTile:
     for key in ("bands", "masks", "sar_ascending", "sar_descending"):
         arrays[key][:, :blank_rows] = 0
     return DPixelTile(name=f"syn{h}x{w}", **arrays)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Tracks the bytes of storages that tensors created by torch ops keep alive, and their peak.
+
+    A storage counts from the first op output that uses it until the last tensor object viewing it is
+    collected: on CPU tensors this stands in for the device allocator's `max_memory_allocated`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.now = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.views[key] -= 1
+        if not self.views[key]:
+            self.now -= self.sizes.pop(key)
+            del self.views[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr():
+                key = t.untyped_storage().data_ptr()
+                if key not in self.views:
+                    self.views[key], self.sizes[key] = 0, t.untyped_storage().nbytes()
+                    self.now += self.sizes[key]
+                    self.peak = max(self.peak, self.now)
+                self.views[key] += 1
+                weakref.finalize(t, self._release, key)
+        return out
 
 
 def _tiny_budget(encoder: TileEncoder, tile: DPixelTile, rows: int) -> int:
@@ -92,6 +132,33 @@ def test_planned_device_bytes_of_the_largest_land_tile_fit_a_t4_under_the_defaul
             assert bounded.planned_bytes <= DEVICE_MEMORY_BUDGET <= 8e9
             assert bounded.block_rows >= 1 and bounded.capacity < frames.pixels
             assert unbounded.planned_bytes > 8e9  # the whole tile resident does not fit: the budget is what bounds it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("pixels", "length"), [(64, 64), (16, 256), (512, 8)])
+def test_a_packs_live_tensors_stay_within_its_planned_bytes(dtype: torch.dtype, pixels: int, length: int) -> None:
+    torch.manual_seed(0)
+    cfg = v1_1_config(latent_dim=32, n_layers=2, d_ff=256)
+    backbone = FixedBackbone(build_model(cfg).eval().s2_backbone, dtype)
+    bands, doy = torch.randn(pixels * length, cfg.s2.bands), torch.randint(1, 367, (pixels * length,))
+    with torch.inference_mode(), LiveBytes() as live:
+        backbone(bands, doy, pixels, length)
+    planned = memory.pack_bytes(cfg.s2, pixels * length, dtype.itemsize)
+    assert 0.6 * planned <= live.peak <= planned
+
+
+def test_a_bounded_encodes_live_tensors_stay_within_its_plan() -> None:
+    loaded = load_model(str(GOLDEN / "v1_1" / "checkpoint.pt"))
+    tile = _tile(30, 23, seed=5, blank_rows=1)
+    probe = TileEncoder(loaded, EncodeSettings(kernels="fixed", batch_size=2, chunk_pixels=23 * 2))
+    encoder = TileEncoder(loaded, EncodeSettings(kernels="fixed", batch_size=2, chunk_pixels=23 * 2,
+                                                 device_budget=_tiny_budget(probe, tile, rows=2)))
+    plan: Any = encoder._engine.memory_plan(tile)  # type: ignore[union-attr]
+    assert plan.capacity < tile.height * tile.width
+    with LiveBytes() as live:
+        encoder.encode(tile)
+    weights = 4 * memory.model_parameters(loaded.config)  # already resident before the encode
+    assert live.peak <= plan.planned_bytes - weights
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -93,13 +93,14 @@ def model_parameters(config: ModelConfig) -> int:
 def pack_bytes(cfg: BackboneConfig, tokens: int, dtype_bytes: int) -> int:
     """Upper bound of the activations of one pack of `tokens` tokens in flight (FixedBackbone, one stream).
 
-    The largest of its stages, per token: the GRU (hidden state, its time-major copy, the input
-    projections, float32 states and their LayerNorm: D x (5s + 8)), a layer's attention (hidden, QKV,
-    attention output and its transpose: 6 D s) or FFN ((2D + F) s), the embedding (2 D s + a float32
-    sinusoid); plus the gathered inputs (float32 bands, DOY and frame positions).
+    The largest of its stages, per token: the GRU (hidden state, the last layer's pre-norm sum, the
+    time-major copy, the input projections, float32 states and their LayerNorm: D x (6s + 8); measured
+    on CPU tensors in `tests/test_memory.py`), a layer's attention (hidden, QKV, attention output and
+    its transpose: 6 D s) or FFN ((2D + F) s), the embedding (2 D s + a float32 sinusoid); plus the
+    gathered inputs (float32 bands, DOY and frame positions).
     """
     d, f, s = cfg.d_model, cfg.d_ff, dtype_bytes
-    stage = max(d * (5 * s + 8), 6 * d * s, (2 * d + f) * s, 2 * d * s + 4 * d + cfg.bands * (4 + s))
+    stage = max(d * (6 * s + 8), 6 * d * s, (2 * d + f) * s, 2 * d * s + 4 * d + cfg.bands * (4 + s))
     inputs = cfg.bands * (4 + 4 + 2) + 8 * 4
     return int(tokens * (stage + inputs) * PACK_MARGIN)
 
