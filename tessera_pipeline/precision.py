@@ -25,7 +25,7 @@ CPU_BATCH = 256
 GPU_BATCH = 2048
 #: Default device-memory budget of the accelerator path (bytes): a tile streams through the device in
 #: blocks sized by `encode.memory.plan_memory` to stay within it. 6 GiB fits a 16 GB T4 next to the CUDA
-#: context with margin (planned 6.4 GB for the largest land tile, 1140 x 1116, instead of ~12 GB resident).
+#: context with margin (planned <= 6.44 GB for the largest land tile, 1140 x 1116, against 13.8-21.9 GB resident).
 DEVICE_MEMORY_BUDGET = 6 * 2**30
 #: The fp16 guard: a batch whose output (a pack's pooled vectors, a reduce slice's saved dims) is not finite
 #: or beyond half of fp16's largest finite value (65,504) overflowed, and runs again in float32.
