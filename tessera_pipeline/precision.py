@@ -23,6 +23,13 @@ CPU_BF16_CLASSES = frozenset({"cpu-amx", "cpu-avx512bf16"})
 #: Default pack size (pixels of 64 tokens): CPU packs fit oneDNN's caches; GPU packs of ~131k tokens keep GEMMs large.
 CPU_BATCH = 256
 GPU_BATCH = 2048
+#: Default device-memory budget of the accelerator path (bytes): a tile streams through the device in
+#: blocks sized by `encode.memory.plan_memory` to stay within it. 6 GiB fits a 16 GB T4 next to the CUDA
+#: context with margin (planned <= 6.44 GB for the largest land tile, 1140 x 1116, against 13.8-21.9 GB resident).
+DEVICE_MEMORY_BUDGET = 6 * 2**30
+#: The fp16 guard: a batch whose output (a pack's pooled vectors, a reduce slice's saved dims) is not finite
+#: or beyond half of fp16's largest finite value (65,504) overflowed, and runs again in float32.
+FP16_GUARD_LIMIT = 2.0**15
 #: Physical cores per CPU actor (AMX scales best at about 8 pinned cores; hyperthreads hurt).
 CPU_CORES_PER_ACTOR = 8
 

@@ -192,7 +192,7 @@ def _encode_between_peak_samples(
         say(f"encoding rows {row0}:{row1} of {tile.height}")
         part = encoder.encode(_rows(tile, row0, row1))
         embeddings[row0:row1], scales[row0:row1] = part.embeddings, part.scales
-        for name in ("flops", "total_s", "model_s", "prepare_s", "empty_s2", "empty_s1", "skipped_pixels"):
+        for name in ("flops", "total_s", "model_s", "prepare_s", "empty_s2", "empty_s1", "skipped_pixels", "fp32_reruns"):
             setattr(stats, name, getattr(stats, name) + getattr(part.stats, name))
         for mine, theirs in ((stats.s2_tokens, part.stats.s2_tokens), (stats.s1_tokens, part.stats.s1_tokens)):
             for length, count in theirs.items():

@@ -215,7 +215,7 @@ def quality_per_precision(checkpoint: Path, size: tuple[int, int], *, device: st
         _release(encoder)
         figures = _tile_figures(encoded[precision], seconds, peaks.get(precision, {}).get("peak"))
         nonfinite = int((~np.isfinite(encoded[precision].scales)).sum())
-        entry: dict[str, Any] = {**figures, "nonfinite_pixels": nonfinite}
+        entry: dict[str, Any] = {**figures, "nonfinite_pixels": nonfinite, "fp32_reruns": encoded[precision].stats.fp32_reruns}
         if precision != "fp32":
             ref = encoded["fp32"]
             entry.update(compare(ref.embeddings, ref.scales, encoded[precision].embeddings, encoded[precision].scales).model_dump())
@@ -362,7 +362,7 @@ def _stats(encoded: EncodedTile) -> dict[str, Any]:
     mean = lambda h: sum(k * v for k, v in h.items()) / max(sum(h.values()), 1)  # noqa: E731
     return {"pixels": s.pixels, "flops": s.flops, "gflop_per_pixel": s.flops / max(s.pixels, 1) / 1e9,
             "empty_s2": s.empty_s2, "empty_s1": s.empty_s1, "mean_s2_tokens": mean(s.s2_tokens), "mean_s1_tokens": mean(s.s1_tokens),
-            "host_read_s": s.prepare_s}
+            "host_read_s": s.prepare_s, "fp32_reruns": s.fp32_reruns}
 
 
 if __name__ == "__main__":

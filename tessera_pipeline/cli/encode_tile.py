@@ -14,6 +14,7 @@ from tessera_pipeline.encode.upstream_files import upstream_filenames, write_ups
 from tessera_pipeline.errors import OutputError, StoreConflictError, TileNameError
 from tessera_pipeline.grid import parse_tile_name
 from tessera_pipeline.inputs.dpixel import check_input_name, georeference_for, open_tile, tile_directory_name
+from tessera_pipeline.precision import DEVICE_MEMORY_BUDGET
 
 
 @click.command("encode-tile")
@@ -31,6 +32,8 @@ from tessera_pipeline.inputs.dpixel import check_input_name, georeference_for, o
 @encoder_options
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda or cuda:N; auto: the first GPU if torch sees one, else the CPU.")
+@click.option("--device-budget-gb", type=click.FloatRange(min=0.0), default=DEVICE_MEMORY_BUDGET / 2**30, show_default=True,
+              help="GPU: device memory (GiB) a tile streams through in blocks; 0: hold the whole tile (same bytes either way).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow pickled Python objects in the checkpoint (only for files you trust).")
 def encode_tile(
     checkpoint: str,
@@ -46,6 +49,7 @@ def encode_tile(
     threads: int | None,
     seed: int,
     device: str,
+    device_budget_gb: float,
     trust_checkpoint: bool,
     overwrite: bool,
 ) -> None:
@@ -92,6 +96,7 @@ def encode_tile(
     encoder, hw = build_encoder(
         checkpoint, version=model_version, data_source=data_source, precision=precision,  # type: ignore[arg-type]
         batch_size=batch_size, threads=threads, seed=seed, device=device, trust_checkpoint=trust_checkpoint,
+        device_budget=int(device_budget_gb * 2**30) or None,
     )
     if out_dir is not None:
         check_output_files([out_dir / f for f in upstream_filenames(encoder.version, name)], "--out", overwrite=overwrite)

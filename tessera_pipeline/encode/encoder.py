@@ -34,7 +34,7 @@ from tessera_pipeline.model.architecture import BackboneConfig, TransformerEncod
 from tessera_pipeline.model.checkpoint import LoadedModel
 from tessera_pipeline.model.flops import backbone_flops, reducer_flops
 from tessera_pipeline.model.packed import Pack, PackedBackbone
-from tessera_pipeline.precision import Precision
+from tessera_pipeline.precision import DEVICE_MEMORY_BUDGET, FP16_GUARD_LIMIT, Precision
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class EncodeSettings:
     `kernels="packed"` (default) runs mixed-length packs through fused GEMMs (the CPU path);
     `"module"` runs the plain torch modules per bucket under autocast (the reference path);
     `"fixed"` runs fixed-shape packs with device-side inputs (the accelerator path), optionally
-    replayed as CUDA graphs (`cuda_graphs`).
+    replayed as CUDA graphs (`cuda_graphs`), streaming the tile through the device in blocks sized to
+    keep its memory within `device_budget` bytes (None: the whole tile resident; same bytes either way).
     """
 
     precision: Precision = "fp32"
@@ -69,6 +70,7 @@ class EncodeSettings:
     device: str = "cpu"
     kernels: Kernels = "packed"
     cuda_graphs: bool = False
+    device_budget: int | None = DEVICE_MEMORY_BUDGET
 
 
 def pack_slices(sorted_lengths: np.ndarray, token_budget: int) -> list[slice]:
@@ -102,6 +104,7 @@ class TileEncoder:
         self._configs: dict[Stream, BackboneConfig] = {"s2": loaded.config.s2, "s1": loaded.config.s1}
         self._packed: dict[Stream, PackedBackbone] = {}
         dtype = COMPUTE_DTYPES[self.settings.precision]
+        self._packed32: dict[Stream, PackedBackbone] = {}
         if self.settings.kernels == "packed":
             fused = None if dtype != torch.float16 else False
             self._packed = {s: PackedBackbone(m, dtype, fused=fused) for s, m in self._modules.items()}
@@ -110,6 +113,7 @@ class TileEncoder:
             self._engine = FixedShapeEngine(
                 loaded, dtype=dtype, device=self.device, norm=self.norm, token_budget=self.settings.batch_size * TOKENS_PER_PIXEL,
                 chunk_pixels=self.settings.chunk_pixels, seed=self.settings.seed, cuda_graphs=self.settings.cuda_graphs,
+                budget=self.settings.device_budget,
             )
         self._empty: dict[Stream, torch.Tensor] = {}
 
@@ -118,10 +122,26 @@ class TileEncoder:
         """Whether linears run through oneDNN's fused ops (packed kernels on a CPU build that has them)."""
         return bool(self._packed) and self._packed["s2"].fused
 
-    def autocast(self) -> torch.autocast:
+    def autocast(self, fp32: bool = False) -> torch.autocast:
         """The module path's precision policy: bf16/fp16 autocast for GEMMs and attention, or plain fp32."""
-        enabled = self.settings.precision != "fp32" and self.settings.kernels == "module"
+        enabled = self.settings.precision != "fp32" and self.settings.kernels == "module" and not fp32
         return torch.autocast(self.device.type, dtype=COMPUTE_DTYPES[self.settings.precision], enabled=enabled)
+
+    def _guarded(self, compute: Callable[[bool], torch.Tensor], stats: EncodeStats, width: int | None = None) -> torch.Tensor:
+        """`compute(False)`; under fp16, `compute(True)` (float32) instead when its first `width` columns overflowed (counted)."""
+        out = compute(False)
+        if self.settings.precision == "fp16" and not bool(out[:, :width].abs().amax() <= FP16_GUARD_LIMIT):
+            stats.fp32_reruns += 1
+            out = compute(True)
+        return out
+
+    def _packed_backbone(self, stream: Stream, fp32: bool) -> PackedBackbone:
+        """The packed path's backbone in the compute dtype, or in float32 for the fp16 guard (built on first use)."""
+        if not fp32:
+            return self._packed[stream]
+        if stream not in self._packed32:
+            self._packed32[stream] = PackedBackbone(self._modules[stream], torch.float32)
+        return self._packed32[stream]
 
     def close(self) -> None:
         """Release what the encoder holds beyond its weights (the fixed path's prefetch thread)."""
@@ -133,27 +153,29 @@ class TileEncoder:
         if self._engine is not None:
             self._engine.warm_up()
 
-    def _forward(self, stream: Stream, groups: list[np.ndarray], pack: Pack) -> torch.Tensor:
+    def _forward(self, stream: Stream, groups: list[np.ndarray], pack: Pack, fp32: bool = False) -> torch.Tensor:
         """Pooled (P, D) float32 vectors of a pack whose inputs come as one (n, length, C) array per group."""
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.autocast(fp32):
             if self._packed:
                 tokens = np.concatenate([g.reshape(-1, g.shape[-1]) for g in groups])
-                return self._packed[stream](torch.from_numpy(tokens).to(self.device), pack)
+                return self._packed_backbone(stream, fp32)(torch.from_numpy(tokens).to(self.device), pack)
             module = self._modules[stream]
             return torch.cat([module(torch.from_numpy(g).to(self.device)).float() for g in groups])
 
-    def _run_pack(self, stream: Stream, chunk: prepare.Chunk, pixels: np.ndarray, lengths: np.ndarray, build: InputBuilder) -> torch.Tensor:
-        """Pooled vectors for pixels sorted longest first, their inputs built group by group."""
+    def _run_pack(self, stream: Stream, chunk: prepare.Chunk, pixels: np.ndarray, lengths: np.ndarray, build: InputBuilder,
+                  stats: EncodeStats) -> torch.Tensor:
+        """Pooled vectors for pixels sorted longest first, their inputs built group by group (fp16: guarded)."""
         pack = Pack.from_lengths(lengths)
         groups = [build(chunk, pixels[first : first + count], length) for first, count, length, _ in pack.groups]
-        return self._forward(stream, groups, pack)
+        return self._guarded(lambda fp32: self._forward(stream, groups, pack, fp32), stats)
 
     def _empty_pooled(self, stream: Stream) -> torch.Tensor:
         """The pooled vector of a v1.1 stream with no valid observation (8 zero tokens), computed once."""
         if stream not in self._empty:
             length = prepare.V1_1_BUCKETS[0]
             zeros = np.zeros((1, length, self._configs[stream].bands + 1), np.float32)
-            self._empty[stream] = self._forward(stream, [zeros], Pack.from_lengths(np.array([length])))[0]
+            pack = Pack.from_lengths(np.array([length]))
+            self._empty[stream] = self._guarded(lambda fp32: self._forward(stream, [zeros], pack, fp32), EncodeStats())[0]
         return self._empty[stream]
 
     def _pool_stream(
@@ -169,7 +191,7 @@ class TileEncoder:
         for sel in pack_slices(lengths[order], self.settings.batch_size * TOKENS_PER_PIXEL):
             pick = order[sel]
             t0 = time.perf_counter()
-            out[torch.from_numpy(pick).to(self.device)] = self._run_pack(stream, chunk, pixels[pick], lengths[pick], build)
+            out[torch.from_numpy(pick).to(self.device)] = self._run_pack(stream, chunk, pixels[pick], lengths[pick], build, stats)
             stats.model_s += time.perf_counter() - t0
             stats.flops += float(sum(backbone_flops(cfg, int(n)) * int(c) for n, c in zip(*np.unique(lengths[pick], return_counts=True))))
         return out
@@ -178,8 +200,14 @@ class TileEncoder:
         """Fuse pooled vectors into full representations (N, representation_dim) float32."""
         t0 = time.perf_counter()
         low = self.settings.precision != "fp32"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=COMPUTE_DTYPES[self.settings.precision], enabled=low):
-            reps = [self.model.reduce(s2[i : i + 4096], s1[i : i + 4096]) for i in range(0, s2.shape[0], 4096)]
+
+        def reduce(i: int, fp32: bool) -> torch.Tensor:
+            dtype = COMPUTE_DTYPES[self.settings.precision]
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=low and not fp32):
+                return self.model.reduce(s2[i : i + 4096], s1[i : i + 4096])
+
+        saved = self.loaded.config.saved_dims
+        reps = [self._guarded(lambda fp32: reduce(i, fp32), stats, saved) for i in range(0, s2.shape[0], 4096)]  # noqa: B023
         stats.model_s += time.perf_counter() - t0
         stats.flops += s2.shape[0] * reducer_flops(self.loaded.config)
         if not reps:

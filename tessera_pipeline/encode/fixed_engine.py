@@ -11,13 +11,21 @@ How a tile flows:
    tensor shape comes from a small fixed set and the first tile runs as fast as the tenth.
 3. A pack's tokens are gathered and standardised on the device (`device_prep`, v1.1; v1.0's sampled
    inputs are built on the host as on the CPU path), run through `model.fixed.FixedBackbone`
-   (optionally replayed as one CUDA graph per shape), and the pooled vectors land in tile-wide
-   float32 buffers on the device.
-4. Empty v1.1 streams take the constant pooled vector; the reducer and the quantisation run on the
-   device; only int8 codes and scales come back.
+   (optionally replayed as one CUDA graph per shape), and the pooled vectors land in the slots of
+   their pixels in a working set on the device.
+4. Device memory is bounded by a budget, not by the tile (`encode.memory`): the working set holds the
+   pixels still waiting in a queue plus up to a block of new ones. When the next block does not fit,
+   every pixel whose two streams are pooled is reduced and quantised on the device (empty v1.1
+   streams take the constant pooled vector), only its int8 codes and scale go to the host, and the
+   waiting pixels move to the front. Pack composition is that of the whole tile at once and every
+   reduce call has the same shape, so any budget gives the same bytes.
+5. Under fp16 the guard checks each pack's pooled output and each reduce slice's saved dims for
+   non-finite or saturated values (`FP16_GUARD_LIMIT`); a batch that overflowed runs again in float32,
+   and `EncodeStats.fp32_reruns` counts it (recorded in the tile's provenance).
 
-No host synchronisation happens between the first upload and the final copy of codes to the host.
-The same code runs on a CPU device (without streams or pinned memory), which is how it is tested.
+Under fp16 the host waits for the device once per flush (to read the packs' flags) and once per
+reduce slice; otherwise no host synchronisation happens between the first upload and the final wait
+for the codes copied to the host. The same code runs on a CPU device (without streams or pinned memory), which is how it is tested.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tessera_pipeline.encode import device_prep, prepare
+from tessera_pipeline.encode import device_prep, memory, prepare
+from tessera_pipeline.encode.memory import COMPACT_PIXELS, REDUCE_PIXELS
 from tessera_pipeline.encode.normalisation import NormStats
 from tessera_pipeline.encode.quantise import quantise
 from tessera_pipeline.encode.result import EncodeStats
@@ -41,13 +50,14 @@ from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.checkpoint import LoadedModel
 from tessera_pipeline.model.fixed import FixedBackbone, FixedReducer, GraphedBackbone
 from tessera_pipeline.model.flops import backbone_flops, reducer_flops
+from tessera_pipeline.precision import FP16_GUARD_LIMIT
 
 log = logging.getLogger(__name__)
 
 Stream = Literal["s2", "s1"]
 STREAMS: tuple[Stream, ...] = ("s2", "s1")
-#: Pixels reduced and quantised per step at the end of a tile.
-REDUCE_PIXELS = 131072
+#: Receives encoded pixels as they finish: tile pixel ids and their float32 representations (a view valid during the call).
+Sink = Callable[[np.ndarray, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -121,11 +131,68 @@ class _HostBlock:
     tokens: dict[Stream, torch.Tensor] = field(default_factory=dict)  # v1.0: (P, 40, C) float32
 
 
+@dataclass
+class _PackRun:
+    """A pack run since the last flush, kept under the fp16 guard until its overflow flag is read."""
+
+    stream: Stream
+    length: int
+    size: int
+    real: int
+    slots: torch.Tensor  # device slots, padded to `size`
+    tokens: torch.Tensor | None  # v1.0: the pack's host-built tokens
+    ok: torch.Tensor  # device bool: output finite and within FP16_GUARD_LIMIT
+
+
+class _WorkingSet:
+    """Pixels resident on the device, by slot: inputs (v1.1) and pooled vectors, plus the host's record of who still waits."""
+
+    def __init__(self, capacity: int, n_pixels: int, dims: dict[Stream, int],
+                 arrays: dict[Stream, device_prep.StreamArrays] | None, device: torch.device) -> None:
+        self.capacity = capacity
+        self.arrays = arrays
+        self.pooled = {s: torch.empty(capacity, d, dtype=torch.float32, device=device) for s, d in dims.items()}
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.waiting = {s: np.zeros(capacity, dtype=bool) for s in STREAMS}
+        self.slot_of = np.full(n_pixels, -1, dtype=np.int64)
+        self.count = 0
+
+    def admit(self, ids: np.ndarray) -> int:
+        """Give tile pixels `ids` the next free slots; returns the first."""
+        first = self.count
+        self.ids[first : first + len(ids)] = ids
+        self.slot_of[ids] = np.arange(first, first + len(ids))
+        self.count += len(ids)
+        return first
+
+    def _tensors(self) -> list[torch.Tensor]:
+        extra = [t for a in self.arrays.values() for t in (a.raw, a.valid)] if self.arrays is not None else []
+        return [*self.pooled.values(), *extra]
+
+    def compact(self, keep: np.ndarray, device: torch.device) -> None:
+        """Move the slots `keep` (ascending) to the front, COMPACT_PIXELS at a time (a slot only ever moves down)."""
+        for i in range(0, len(keep), COMPACT_PIXELS):
+            src = keep[i : i + COMPACT_PIXELS]
+            if src[0] == i and src[-1] == i + len(src) - 1:
+                continue
+            idx = torch.from_numpy(src).to(device)
+            for t in self._tensors():
+                t[i : i + len(src)] = t.index_select(0, idx)
+        n = len(keep)
+        self.ids[:n] = self.ids[keep]
+        for stream in STREAMS:
+            self.waiting[stream][:n] = self.waiting[stream][keep]
+            self.waiting[stream][n:] = False
+        self.slot_of[self.ids[:n]] = np.arange(n)
+        self.count = n
+
+
 class FixedShapeEngine:
     """Encodes tiles on one device with fixed-shape packs; built once per encoder, reused for every tile."""
 
     def __init__(self, loaded: LoadedModel, *, dtype: torch.dtype, device: torch.device, norm: NormStats,
-                 token_budget: int, chunk_pixels: int, seed: int, cuda_graphs: bool = False) -> None:
+                 token_budget: int, chunk_pixels: int, seed: int, cuda_graphs: bool = False,
+                 budget: int | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.version = self.cfg.version
@@ -135,6 +202,10 @@ class FixedShapeEngine:
         self.seed = seed
         self.chunk_pixels = chunk_pixels
         self.plan = PackPlan(token_budget)
+        self.budget = budget
+        self.guard = dtype == torch.float16
+        self._fp32: dict[Stream, FixedBackbone] = {}
+        self._fp32_reducer: FixedReducer | None = None
         model = loaded.model
         self.backbones: dict[Stream, FixedBackbone] = {
             "s2": FixedBackbone(model.s2_backbone, dtype), "s1": FixedBackbone(model.s1_backbone, dtype)
@@ -159,7 +230,7 @@ class FixedShapeEngine:
                 length = prepare.V1_1_BUCKETS[0] if self.version == "v1.1" else prepare.V1_0_SAMPLES
                 if stream in self.graphed:
                     self.graphed[stream].warm_up(self.plan.quantum, length)
-            self.reducer(self._empty["s2"][None], self._empty["s1"][None])
+            self.reducer(self._empty["s2"].expand(REDUCE_PIXELS, -1), self._empty["s1"].expand(REDUCE_PIXELS, -1))
             if self.cuda:
                 torch.cuda.synchronize(self.device)
 
@@ -172,7 +243,11 @@ class FixedShapeEngine:
             length = prepare.V1_1_BUCKETS[0]
             bands = torch.zeros(length, self.backbones[stream].cfg.bands, dtype=torch.float32, device=self.device)
             doy = torch.zeros(length, dtype=torch.int64, device=self.device)
-            self._empty[stream] = self.backbones[stream](bands, doy, 1, length)[0].clone()
+            pooled = self.backbones[stream](bands, doy, 1, length)[0]
+            if self.guard and not bool(pooled.abs().amax() <= FP16_GUARD_LIMIT):
+                log.warning("fp16 guard: the empty %s stream's pooled vector overflowed; it is computed in float32", stream)
+                pooled = self._fp32_backbone(stream)(bands, doy, 1, length)[0]
+            self._empty[stream] = pooled.clone()
         return self._empty[stream]
 
     # --- host side ------------------------------------------------------------------------
@@ -214,9 +289,8 @@ class FixedShapeEngine:
     def _pin(self, t: torch.Tensor) -> torch.Tensor:
         return t.pin_memory() if self.cuda else t
 
-    def _blocks(self, tile: DPixelTile) -> Iterator[_HostBlock]:
-        """Row blocks read one ahead in a background thread."""
-        rows = max(1, self.chunk_pixels // max(tile.width, 1))
+    def _blocks(self, tile: DPixelTile, rows: int) -> Iterator[_HostBlock]:
+        """Row blocks of `rows` rows read one ahead in a background thread."""
         read = self._read_v1_1 if self.version == "v1.1" else self._read_v1_0
         starts = list(range(0, tile.height, rows))
         nxt: Future[_HostBlock] | None = self._pool.submit(read, tile, starts[0], min(tile.height, rows)) if starts else None
@@ -234,124 +308,212 @@ class FixedShapeEngine:
 
     # --- device side ----------------------------------------------------------------------
 
-    def _upload(self, block: _HostBlock, arrays: dict[Stream, device_prep.StreamArrays]) -> None:
-        """Copy a v1.1 block to the device (side stream on CUDA) and store it pixel-major."""
+    def _upload(self, block: _HostBlock, arrays: dict[Stream, device_prep.StreamArrays], first_slot: int) -> None:
+        """Copy a v1.1 block to the device (side stream on CUDA) and store it pixel-major from `first_slot`.
+
+        The copy overlaps compute; the store into the slots runs on the compute stream, after every
+        earlier pack and compaction that read those (reused) slots.
+        """
         ctx = torch.cuda.stream(self.upload_stream) if self.upload_stream is not None else _NullContext()
         with ctx:
             mask = block.mask.to(self.device, non_blocking=True) if block.mask is not None else None
-            for stream in STREAMS:
-                raw = block.raw[stream].to(self.device, non_blocking=True)
-                device_prep.store_block(arrays[stream], block.first, raw, mask if stream == "s2" else None)
+            raw = {stream: block.raw[stream].to(self.device, non_blocking=True) for stream in STREAMS}
         if self.upload_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self.upload_stream)
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self.upload_stream)
+            for t in (*raw.values(), *([mask] if mask is not None else [])):
+                t.record_stream(compute)
+        for stream in STREAMS:
+            device_prep.store_block(arrays[stream], first_slot, raw[stream], mask if stream == "s2" else None)
 
     def _to_device(self, ids: np.ndarray) -> torch.Tensor:
         return self._pin(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))).to(self.device, non_blocking=True)
 
-    def _run_pack(self, stream: Stream, length: int, size: int, queue: _Pending, pooled: torch.Tensor,
-                  arrays: dict[Stream, device_prep.StreamArrays] | None, stats: EncodeStats) -> None:
-        """Run one pack of `size` pixels (padded with copies of its first pixel) from a queue."""
+    def _run_pack(self, stream: Stream, length: int, size: int, queue: _Pending, ws: _WorkingSet,
+                  runs: list[_PackRun], stats: EncodeStats) -> None:
+        """Run one pack of `size` pixels (padded with copies of its first pixel) from a queue; pooled vectors land in their slots."""
         ids, tokens = queue.take(size)
         real = len(ids)
+        slots = ws.slot_of[ids]
+        ws.waiting[stream][slots] = False
         pad = size - real
         if pad:
-            ids = np.concatenate([ids, np.full(pad, ids[0], dtype=ids.dtype)])
-        ids_dev = self._to_device(ids)
-        if tokens is None:
-            assert arrays is not None
-            bands, doy = device_prep.gather_tokens(arrays[stream], ids_dev, length)
-        else:
-            if pad:
+            slots = np.concatenate([slots, np.full(pad, slots[0], dtype=slots.dtype)])
+            if tokens is not None:
                 tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
-            bands = tokens[..., :-1].reshape(size * length, -1)
-            doy = tokens[..., -1].reshape(-1).long().clamp_(0, 366)
-        run = self.graphed.get(stream, self.backbones[stream])
-        out = run(bands, doy, size, length)
-        pooled.index_copy_(0, ids_dev[:real], out[:real])
+        slots_dev = self._to_device(slots)
+        out = self._forward(self.graphed.get(stream, self.backbones[stream]), stream, length, size, slots_dev, tokens, ws)
+        ws.pooled[stream].index_copy_(0, slots_dev[:real], out[:real])
+        if self.guard:
+            runs.append(_PackRun(stream, length, size, real, slots_dev, tokens, out[:real].abs().amax() <= FP16_GUARD_LIMIT))
         stats.flops += backbone_flops(self.backbones[stream].cfg, length) * real
         hist = stats.s2_tokens if stream == "s2" else stats.s1_tokens
         hist[length] = hist.get(length, 0) + real
 
-    def _drain(self, queues: dict[tuple[Stream, int], _Pending], pooled: dict[Stream, torch.Tensor],
-               arrays: dict[Stream, device_prep.StreamArrays] | None, stats: EncodeStats, *, tails: bool) -> None:
+    def _forward(self, run: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor], stream: Stream, length: int,
+                 size: int, slots: torch.Tensor, tokens: torch.Tensor | None, ws: _WorkingSet) -> torch.Tensor:
+        """Pooled vectors of a pack: tokens gathered on the device from resident inputs (v1.1) or given (v1.0)."""
+        if tokens is None:
+            assert ws.arrays is not None
+            bands, doy = device_prep.gather_tokens(ws.arrays[stream], slots, length)
+        else:
+            bands = tokens[..., :-1].reshape(size * length, -1)
+            doy = tokens[..., -1].reshape(-1).long().clamp_(0, 366)
+        return run(bands, doy, size, length)
+
+    def _drain(self, queues: dict[tuple[Stream, int], _Pending], ws: _WorkingSet, runs: list[_PackRun],
+               stats: EncodeStats, *, tails: bool) -> None:
         """Run every full pack waiting; with `tails`, then each queue's remainder as one padded pack."""
         for (stream, length), queue in sorted(queues.items()):
             full = self.plan.full(length)
             while queue.count >= full:
-                self._run_pack(stream, length, full, queue, pooled[stream], arrays, stats)
+                self._run_pack(stream, length, full, queue, ws, runs, stats)
             if tails and queue.count:
-                self._run_pack(stream, length, self.plan.tail(length, queue.count), queue, pooled[stream], arrays, stats)
+                self._run_pack(stream, length, self.plan.tail(length, queue.count), queue, ws, runs, stats)
 
-    def embed(self, tile: DPixelTile, stats: EncodeStats, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """(tile pixel ids encoded, their full float32 representations on the device)."""
-        n_pixels = tile.height * tile.width
-        d = {s: self.backbones[s].cfg.d_model for s in STREAMS}
-        pooled = {s: torch.empty(n_pixels, d[s], dtype=torch.float32, device=self.device) for s in STREAMS}
+    def _rerun_overflowed(self, ws: _WorkingSet, runs: list[_PackRun], stats: EncodeStats) -> None:
+        """The fp16 guard: packs whose pooled output is non-finite or saturated run again in float32 (counted)."""
+        if not runs:
+            return
+        ok = torch.stack([r.ok for r in runs]).cpu().numpy()
+        for run in (r for r, fine in zip(runs, ok) if not fine):
+            out = self._forward(self._fp32_backbone(run.stream), run.stream, run.length, run.size, run.slots, run.tokens, ws)
+            ws.pooled[run.stream].index_copy_(0, run.slots[: run.real], out[: run.real])
+            stats.fp32_reruns += 1
+            stats.flops += backbone_flops(self.backbones[run.stream].cfg, run.length) * run.real
+        if not ok.all():
+            log.info("fp16 guard: %d of %d packs overflowed and ran again in float32", int((~ok).sum()), len(runs))
+        runs.clear()
+
+    def _fp32_backbone(self, stream: Stream) -> FixedBackbone:
+        """A float32 view of a backbone for the fp16 guard's re-runs (built on first use)."""
+        if stream not in self._fp32:
+            module = self.loaded.model.s2_backbone if stream == "s2" else self.loaded.model.s1_backbone
+            self._fp32[stream] = FixedBackbone(module, torch.float32)
+        return self._fp32[stream]
+
+    def _reduce_slice(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> torch.Tensor:
+        """Full representations of REDUCE_PIXELS pooled pairs; under the fp16 guard, again in float32 if they overflow."""
+        reps = self.reducer(s2, s1)
+        if self.guard and not bool(reps[:, : self.cfg.saved_dims].abs().amax() <= FP16_GUARD_LIMIT):
+            if self._fp32_reducer is None:
+                self._fp32_reducer = FixedReducer(self.loaded.model, torch.float32)
+            reps = self._fp32_reducer(s2, s1)
+            stats.fp32_reruns += 1
+        return reps
+
+    def _flush(self, ws: _WorkingSet, runs: list[_PackRun], stats: EncodeStats, sink: Sink) -> None:
+        """Reduce every resident pixel whose two streams are pooled, hand it to `sink`, and keep only those still waiting.
+
+        Reduce calls always have REDUCE_PIXELS rows (padded with a copy of the first), so the bytes of a
+        pixel do not depend on when it is reduced or with whom: any budget gives the same output.
+        """
+        self._rerun_overflowed(ws, runs, stats)
+        n = ws.count
+        done = ~(ws.waiting["s2"][:n] | ws.waiting["s1"][:n])
+        slots = np.flatnonzero(done)
+        stats.flops += len(slots) * reducer_flops(self.cfg)
+        for i in range(0, len(slots), REDUCE_PIXELS):
+            part = slots[i : i + REDUCE_PIXELS]
+            padded = np.concatenate([part, np.full(REDUCE_PIXELS - len(part), part[0], dtype=part.dtype)])
+            idx = self._to_device(padded)
+            reps = self._reduce_slice(ws.pooled["s2"].index_select(0, idx), ws.pooled["s1"].index_select(0, idx), stats)
+            sink(ws.ids[part], reps[: len(part)])
+        ws.compact(np.flatnonzero(~done), self.device)
+
+    def _admit(self, block: _HostBlock, ws: _WorkingSet, queues: dict[tuple[Stream, int], _Pending], stats: EncodeStats) -> None:
+        """Make a block's encoded pixels resident, give empty streams the constant, and queue the rest by length."""
+        local = np.arange(block.n) if block.keep is None else block.keep
+        stats.skipped_pixels += block.n - len(local)
+        ids = block.first + local
+        first = ws.admit(ids)
+        if ws.arrays is not None:
+            self._upload(block, ws.arrays, first)
+        for stream in STREAMS:
+            lengths = block.lengths[stream]
+            tokens = block.tokens[stream].to(self.device, non_blocking=True) if block.tokens else None
+            empty = lengths == 0
+            ws.waiting[stream][first : first + len(ids)] = ~empty
+            if empty.any():
+                ws.pooled[stream][self._to_device(first + np.flatnonzero(empty))] = self._empty_pooled(stream)
+                setattr(stats, f"empty_{stream}", getattr(stats, f"empty_{stream}") + int(empty.sum()))
+            for length in np.unique(lengths[~empty]).tolist():
+                sel = np.flatnonzero(lengths == length)
+                queue = queues.setdefault((stream, int(length)), _Pending())
+                queue.push(ids[sel], tokens[torch.from_numpy(sel).to(self.device)] if tokens is not None else None)
+
+    def memory_plan(self, tile: DPixelTile) -> memory.MemoryPlan:
+        """How `tile` streams through the device under this engine's budget (the accounting its buffers follow)."""
+        frames = memory.TileFrames(tile.height, tile.width, int(tile.bands.shape[0]),
+                                   int(tile.sar_ascending.shape[0]) + int(tile.sar_descending.shape[0]))
+        lengths = prepare.V1_1_BUCKETS if self.version == "v1.1" else (prepare.V1_0_SAMPLES,)
+        extra = sum(g.bands.nbytes + g.doy.nbytes for g in self.graphed.values())
+        return memory.plan_memory(self.cfg, frames, dtype_bytes=self.dtype.itemsize, full_pixels={n: self.plan.full(n) for n in lengths},
+                                  budget=self.budget, chunk_pixels=self.chunk_pixels, extra_bytes=extra, fp32_reruns=self.guard)
+
+    def stream_tile(self, tile: DPixelTile, stats: EncodeStats, sink: Sink, progress: Callable[[int], None] | None = None) -> None:
+        """Stream a tile through the device in blocks: every encoded pixel reaches `sink` once, with its representation."""
+        mplan = self.memory_plan(tile)
+        log.debug("device memory plan for %s: %d rows per block, %d resident pixels, %.2f GB planned",
+                  tile.name, mplan.block_rows, mplan.capacity, mplan.planned_bytes / 1e9)
         arrays: dict[Stream, device_prep.StreamArrays] | None = None
         if self.version == "v1.1":
             n_asc = int(tile.sar_ascending.shape[0])
             s1_doy = np.concatenate([np.asarray(tile.sar_ascending_doy), np.asarray(tile.sar_descending_doy)])
             arrays = {
-                "s2": device_prep.allocate_stream("s2", n_pixels, np.asarray(tile.doys), self.cfg.s2.bands, self.norm, self.device),
-                "s1": device_prep.allocate_stream("s1", n_pixels, s1_doy, self.cfg.s1.bands, self.norm, self.device, n_asc),
+                "s2": device_prep.allocate_stream("s2", mplan.capacity, np.asarray(tile.doys), self.cfg.s2.bands, self.norm, self.device),
+                "s1": device_prep.allocate_stream("s1", mplan.capacity, s1_doy, self.cfg.s1.bands, self.norm, self.device, n_asc),
             }
-        if self.upload_stream is not None:
-            self.upload_stream.wait_stream(torch.cuda.current_stream(self.device))
+        dims = {s: self.backbones[s].cfg.d_model for s in STREAMS}
+        ws = _WorkingSet(mplan.capacity, tile.height * tile.width, dims, arrays, self.device)
         queues: dict[tuple[Stream, int], _Pending] = {}
-        empties: dict[Stream, list[np.ndarray]] = {s: [] for s in STREAMS}
-        encoded: list[np.ndarray] = []
-        for block in self._blocks(tile):
+        runs: list[_PackRun] = []
+        for block in self._blocks(tile, mplan.block_rows):
             stats.prepare_s += block.read_s
-            if arrays is not None:
-                self._upload(block, arrays)
-                local = np.arange(block.n)
-            else:
-                assert block.keep is not None
-                local = block.keep
-                stats.skipped_pixels += block.n - len(local)
-            ids = block.first + local
-            encoded.append(ids)
-            for stream in STREAMS:
-                lengths = block.lengths[stream]
-                tokens = block.tokens[stream].to(self.device, non_blocking=True) if block.tokens else None
-                empty = lengths == 0
-                if empty.any():
-                    empties[stream].append(ids[empty])
-                    setattr(stats, f"empty_{stream}", getattr(stats, f"empty_{stream}") + int(empty.sum()))
-                for length in np.unique(lengths[~empty]).tolist():
-                    sel = np.flatnonzero(lengths == length)
-                    queue = queues.setdefault((stream, int(length)), _Pending())
-                    queue.push(ids[sel], tokens[torch.from_numpy(sel).to(self.device)] if tokens is not None else None)
-            self._drain(queues, pooled, arrays, stats, tails=False)
+            if ws.count + block.n > ws.capacity:
+                self._flush(ws, runs, stats, sink)
+            self._admit(block, ws, queues, stats)
+            self._drain(queues, ws, runs, stats, tails=False)
             if progress is not None:
                 progress(block.n)
-        self._drain(queues, pooled, arrays, stats, tails=True)
-        for stream in STREAMS:
-            if empties[stream]:
-                pooled[stream][self._to_device(np.concatenate(empties[stream]))] = self._empty_pooled(stream)
-        where = np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.int64)
-        if self.version == "v1.1":
-            return where, self._reduce(pooled["s2"], pooled["s1"], stats)
-        idx = self._to_device(where)
-        return where, self._reduce(pooled["s2"].index_select(0, idx), pooled["s1"].index_select(0, idx), stats)
+        self._drain(queues, ws, runs, stats, tails=True)
+        self._flush(ws, runs, stats, sink)
 
-    def _reduce(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> torch.Tensor:
-        """Full representations of pooled pairs, in slices of REDUCE_PIXELS."""
-        stats.flops += s2.shape[0] * reducer_flops(self.cfg)
-        reps = torch.empty(s2.shape[0], self.cfg.representation_dim, dtype=torch.float32, device=self.device)
-        for i in range(0, s2.shape[0], REDUCE_PIXELS):
-            reps[i : i + REDUCE_PIXELS] = self.reducer(s2[i : i + REDUCE_PIXELS], s1[i : i + REDUCE_PIXELS])
-        return reps
+    def embed(self, tile: DPixelTile, stats: EncodeStats, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """(tile pixel ids encoded, their full float32 representations on the device), for quality checks on small tiles."""
+        ids: list[np.ndarray] = []
+        reps: list[torch.Tensor] = []
+
+        def keep(part: np.ndarray, rep: torch.Tensor) -> None:
+            ids.append(part.copy())
+            reps.append(rep.clone())
+
+        self.stream_tile(tile, stats, keep, progress)
+        if not ids:
+            return np.zeros(0, dtype=np.int64), torch.zeros(0, self.cfg.representation_dim, device=self.device)
+        return np.concatenate(ids), torch.cat(reps)
 
     def encode_arrays(self, tile: DPixelTile, stats: EncodeStats, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile pixel ids encoded, int8 codes, float32 scales) on the host: the saved dims, quantised per pixel."""
+        n = tile.height * tile.width
+        codes = self._pinned((n, self.cfg.saved_dims), torch.int8)
+        scales = self._pinned((n,), torch.float32)
+        where = np.empty(n, dtype=np.int64)
+        cursor = 0
+
+        def store(part: np.ndarray, rep: torch.Tensor) -> None:
+            nonlocal cursor
+            q, s = quantise(rep[:, : self.cfg.saved_dims])
+            codes[cursor : cursor + len(part)].copy_(q, non_blocking=True)
+            scales[cursor : cursor + len(part)].copy_(s, non_blocking=True)
+            where[cursor : cursor + len(part)] = part
+            cursor += len(part)
+
         with torch.inference_mode(), self._on_device():
-            where, reps = self.embed(tile, stats, progress)
-            codes = torch.empty(reps.shape[0], self.cfg.saved_dims, dtype=torch.int8, device=self.device)
-            scales = torch.empty(reps.shape[0], dtype=torch.float32, device=self.device)
-            for i in range(0, reps.shape[0], REDUCE_PIXELS):
-                codes[i : i + REDUCE_PIXELS], scales[i : i + REDUCE_PIXELS] = quantise(reps[i : i + REDUCE_PIXELS, : self.cfg.saved_dims])
-            return where, codes.cpu().numpy(), scales.cpu().numpy()
+            self.stream_tile(tile, stats, store, progress)
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+        return where[:cursor], codes[:cursor].numpy(), scales[:cursor].numpy()
 
     def close(self) -> None:
         """Stop the prefetch thread."""

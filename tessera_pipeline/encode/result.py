@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass
 class EncodeStats:
-    """What one encode did: pixels by kind, FLOPs actually computed, wall time by phase."""
+    """What one encode did: pixels by kind, FLOPs actually computed, wall time by phase, fp16 batches re-run in float32."""
 
     pixels: int = 0
     skipped_pixels: int = 0
@@ -19,6 +19,7 @@ class EncodeStats:
     prepare_s: float = 0.0
     model_s: float = 0.0
     total_s: float = 0.0
+    fp32_reruns: int = 0
     s2_tokens: dict[int, int] = field(default_factory=dict)
     s1_tokens: dict[int, int] = field(default_factory=dict)
 

@@ -22,7 +22,7 @@ from tessera_pipeline.inputs.fingerprint import input_fingerprint
 from tessera_pipeline.inputs.tile import DPixelTile
 from tessera_pipeline.model.architecture import ModelVersion
 from tessera_pipeline.model.checkpoint import load_model
-from tessera_pipeline.precision import Precision, class_defaults
+from tessera_pipeline.precision import DEVICE_MEMORY_BUDGET, Precision, class_defaults
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,14 @@ def build_encoder(
     device: str = "auto",
     trust_checkpoint: bool = False,
     cuda_graphs: bool = False,
+    device_budget: int | None = DEVICE_MEMORY_BUDGET,
 ) -> tuple[TileEncoder, HardwareInfo]:
     """Load the checkpoint strictly and configure threads, precision and kernels for this hardware.
 
     `device` is "auto", "cpu" or "cuda[:N]". CPUs run the packed oneDNN path; accelerators the
     fixed-shape path (warmed up here, so the first tile runs at steady-state speed). `batch_size`
-    and `precision` None pick the class's defaults (`precision.class_defaults`).
+    and `precision` None pick the class's defaults (`precision.class_defaults`). `device_budget` bounds the
+    accelerator path's device memory in bytes (None: unbounded).
     """
     check_device(device)
     hw = detect(device)
@@ -60,7 +62,7 @@ def build_encoder(
             checkpoint_label(loaded.source), from_ckpt, data_source,
         )
     settings = encode_settings(hw, precision=precision, batch_size=batch_size, data_source=data_source, seed=seed,
-                               cuda_graphs=cuda_graphs)
+                               cuda_graphs=cuda_graphs, device_budget=device_budget)
     log.info("encoder: %s on %s, %s, %s, batch %d, %s kernels, %d threads", loaded.config.version, hw.kind, settings.precision,
              data_source, settings.batch_size, settings.kernels, torch.get_num_threads())
     encoder = TileEncoder(loaded, settings)
@@ -69,7 +71,8 @@ def build_encoder(
 
 
 def encode_settings(hw: HardwareInfo, *, precision: Precision | None = None, batch_size: int | None = None,
-                    data_source: DataSource = "mpc", seed: int = 0, cuda_graphs: bool = False) -> EncodeSettings:
+                    data_source: DataSource = "mpc", seed: int = 0, cuda_graphs: bool = False,
+                    device_budget: int | None = DEVICE_MEMORY_BUDGET) -> EncodeSettings:
     """How `run`'s actors encode on this hardware: the class's precision and pack size unless given, packed
     kernels on a CPU, the fixed-shape engine on an accelerator (calibration times exactly these)."""
     on_cpu = hw.device == "cpu"
@@ -82,6 +85,7 @@ def encode_settings(hw: HardwareInfo, *, precision: Precision | None = None, bat
         device=hw.device,
         kernels="packed" if on_cpu else "fixed",
         cuda_graphs=cuda_graphs and not on_cpu,
+        device_budget=device_budget,
     )
 
 
@@ -137,4 +141,5 @@ def provenance(encoder: TileEncoder, hw: HardwareInfo, tile: DPixelTile, encoded
         "skipped_pixels": s.skipped_pixels,
         "empty_s2_pixels": s.empty_s2,
         "empty_s1_pixels": s.empty_s1,
+        "fp32_reruns": s.fp32_reruns,
     }
