@@ -24,13 +24,16 @@ COMMITTED = [t for t in BLOCK if t != PENDING_TILE]
 BOX = (17.70, 79.50, 18.0, 79.80)
 
 
+#: Land cells far from the block in its zone, so a zone grid laid over the land reaches well past the block.
+FAR_LAND = ((12.05, 60.05), (17.95, 83.95))
+
+
 def landmask() -> LandMask:
-    """Only the block's nine cells are land: points around it are water."""
+    """The block's nine cells and two far cells of its zone are land: points around the block are water."""
     grid = np.zeros((N_LAT, N_LON), bool)
-    for lon in LONS:
-        for lat in LATS:
-            ix, iy = index_from_point(lon, lat)
-            grid[iy, ix] = True
+    for lon, lat in [(lon, lat) for lon in LONS for lat in LATS] + list(FAR_LAND):
+        ix, iy = index_from_point(lon, lat)
+        grid[iy, ix] = True
     return LandMask(grid=grid, source="test")
 
 
@@ -111,3 +114,30 @@ def brute_force(store: TileStore, pts: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def committed_path(root: Path) -> str:
     """The store's local URL under a test folder."""
     return str(root / "store.zarr")
+
+
+#: A tile in the southern hemisphere (UTM zone 19 south: read on the zone's canonical 32619 axis).
+SOUTH = "grid_-70.65_-33.45"
+
+
+def south_landmask() -> LandMask:
+    """The block's land mask plus the southern tile's cell and two far cells of its zone."""
+    mask = landmask()
+    for lon, lat in ((-70.65, -33.45), (-71.95, -30.05), (-66.05, -40.05)):  # the tile, and far land of its zone
+        ix, iy = index_from_point(lon, lat)
+        mask.grid[iy, ix] = True
+    return mask
+
+
+def write_south(url: str, seed: int = 20) -> None:
+    """Commit the southern tile (compressible content, true geometry) into an existing store."""
+    store = TileStore(url)
+    g = tile_geometry(SOUTH)
+    emb, scales = tile_arrays(SOUTH, seed=seed, compressible=True)
+    store.write_tile(YEAR, SOUTH, emb, scales, epsg=g.epsg, transform=g.transform, provenance={})
+
+
+def south_points(n: int, seed: int = 4) -> np.ndarray:
+    """N points over the southern tile's cell and a margin of water."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(-70.72, -70.58, n), rng.uniform(-33.52, -33.38, n)], axis=1)

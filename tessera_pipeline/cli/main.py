@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "verify": "verify:verify",
     "manifest": "manifest:manifest",
     "sample": "sample:sample",
+    "mosaic": "mosaic:mosaic",
     "run": "run:run",
     "resume": "resume:resume",
     "status": "status:status",

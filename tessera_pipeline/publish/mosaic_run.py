@@ -92,7 +92,7 @@ def prepare(out_url: str, refs: list[TileRef], year: int, landmask: LandMask, at
         name = zone_store.group_name(zone)
         if name in root:
             group = root[name]
-            grids[zone] = zone_store.grid_of(group)
+            grids[zone] = zone_store.grid_of(group, zone)
         else:
             group = zone_store.create_zone(root, grid, [year])
             grids[zone] = grid
@@ -146,8 +146,11 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
     started = False
     if todo:
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=local_cpus if address is None else None, include_dashboard=False,
-                     log_to_driver=False)
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
             started = True
         try:
             task = ray.remote(max_calls=1, num_cpus=1, memory=SHARD_TASK_MEMORY)(_build_one)

@@ -75,11 +75,11 @@ def zone_attributes(grid: ZoneGrid) -> dict[str, Any]:
     })
 
 
-def grid_of(group: Any) -> ZoneGrid:
+def grid_of(group: Any, zone: int) -> ZoneGrid:
     """The ZoneGrid an existing zone group was laid out on."""
     a, _b, c, _d, _e, f = group.attrs["spatial:transform"]
     height, width = group.attrs["spatial:shape"]
-    return ZoneGrid(zone=int(str(group.name).strip("/")[3:]), origin_x=float(c), origin_y=float(f),
+    return ZoneGrid(zone=int(zone), origin_x=float(c), origin_y=float(f),
                     width=int(width), height=int(height))
 
 

@@ -1,0 +1,109 @@
+"""`mosaic`: our tiles as geotessera's zone store. geotessera 0.11.0's own reader gives our reader's values at every
+point (seams, overlaps and a southern tile included); a reprocessed tile rewrites only its shards; a killed build,
+run again, gives the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from read_support import SOUTH, YEAR, points, south_landmask, south_points, write_block, write_south
+from tessera_pipeline.publish.mosaic_run import STATE_SUFFIX, run_mosaic
+from tessera_pipeline.read import open_reader
+
+pytestmark = pytest.mark.slow
+geotessera_store = pytest.importorskip("geotessera.store", reason="geotessera 0.11.0 (make install) reads zone stores")
+#: Our statuses as geotessera's probe reports the same pixel (its NaN is "water", its +inf "nodata").
+AS_GEOTESSERA = {"valid": "valid", "water": "water", "no-observations": "water", "pending": "nodata"}
+
+
+def _objects(root: Path) -> dict[str, str]:
+    """sha256 of every file under a folder, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Our store (the 3 x 3 block, one tile pending, and a southern tile) and its zone store, built once."""
+    root = tmp_path_factory.mktemp("mosaic")
+    store = write_block(str(root / "store.zarr"), compressible=True)
+    write_south(store.url)
+    report = run_mosaic(store.url, YEAR, str(root / "zones.zarr"), landmask=south_landmask(), local_cpus=2)
+    assert report.zones == [19, 33] and report.shards == len(report.rebuilt) == 3
+    return root / "store.zarr", root / "zones.zarr"
+
+
+def test_geotessera_reads_our_values_at_every_point(built: tuple[Path, Path]) -> None:
+    store, zones = built
+    pts = np.concatenate([points(8000, seed=11), south_points(2000)])
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(pts, YEAR)
+    theirs = geotessera_store.GeoTesseraZarr(str(zones)).sample_points([tuple(p) for p in pts], YEAR, search_px=0)
+    np.testing.assert_array_equal(theirs, ours.embeddings)
+    counts = ours.counts()
+    assert min(counts["valid"], counts["water"], counts["no-observations"], counts["pending"]) > 50, counts
+    assert (ours.tile == SOUTH).sum() > 500
+
+
+def test_geotessera_probe_agrees_with_ours(built: tuple[Path, Path]) -> None:
+    store, zones = built
+    pts = np.concatenate([points(3000, seed=12), south_points(500, seed=5)])
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(pts, YEAR)
+    reader = geotessera_store.GeoTesseraZarr(str(zones))
+    for status in AS_GEOTESSERA:
+        for i in np.flatnonzero(ours.status == status)[:15]:
+            assert reader.probe(pts[i, 0], pts[i, 1], YEAR, search_px=0)[1] == AS_GEOTESSERA[status], (status, pts[i])
+
+
+def test_a_reprocessed_tile_rewrites_only_its_shards(built: tuple[Path, Path], tmp_path: Path) -> None:
+    store_dir, zones_dir = built
+    for name in ("store.zarr", "zones.zarr", f"zones.zarr{STATE_SUFFIX}"):
+        shutil.copytree(store_dir.parent / name, tmp_path / name)
+    before = _objects(tmp_path / "zones.zarr")
+    write_south(str(tmp_path / "store.zarr"), seed=99)  # the southern tile reprocessed
+    report = run_mosaic(str(tmp_path / "store.zarr"), YEAR, str(tmp_path / "zones.zarr"), landmask=south_landmask(),
+                        local_cpus=1)
+    assert len(report.rebuilt) == 1 and "utm19" in report.rebuilt[0]
+    after = _objects(tmp_path / "zones.zarr")
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed and all(k.startswith("utm19/") or k.endswith("zarr.json") for k in changed), changed
+    assert any(k.startswith("utm19/embeddings/c/") for k in changed)
+    fresh = run_mosaic(str(tmp_path / "store.zarr"), YEAR, str(tmp_path / "fresh.zarr"), zones=[19],
+                       landmask=south_landmask(), local_cpus=1)
+    assert fresh.shards == 1
+    scratch = _objects(tmp_path / "fresh.zarr")
+    for key in (k for k in scratch if k.startswith("utm19/") and "/c/" in k):
+        assert scratch[key] == after[key], key
+
+
+def test_a_killed_mosaic_run_again_gives_the_same_bytes(built: tuple[Path, Path], tmp_path: Path) -> None:
+    store_dir, zones_dir = built
+    out = tmp_path / "zones.zarr"
+    args = [sys.executable, "-m", "tessera_pipeline.cli", "mosaic", "--store", str(store_dir), "--year", str(YEAR),
+            "--out", str(out), "--landmask", str(tmp_path / "land.csv"), "--local-cpus", "1"]
+    mask = south_landmask()
+    iy, ix = np.nonzero(mask.grid)
+    names = [f"grid_{x / 10 - 180 + 0.05:.2f}_{y / 10 - 90 + 0.05:.2f}" for x, y in zip(ix, iy)]
+    (tmp_path / "land.csv").write_text("tile\n" + "\n".join(names) + "\n")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    state = Path(f"{out}{STATE_SUFFIX}")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(state.rglob("*.json")) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(state.rglob("*.json"))) < 3, "killed before it finished"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    want, got = _objects(zones_dir), _objects(out)
+    arrays = [k for k in want if "/c/" in k]
+    assert arrays and {k: got.get(k) for k in arrays} == {k: want[k] for k in arrays}
