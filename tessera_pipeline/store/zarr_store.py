@@ -671,8 +671,10 @@ class TileStore:
         raise StoreError(f"tile kept changing during {READ_RETRIES} reads", tile=tile)
 
     def _missing_objects(self, vkey: str, arrays: Mapping[str, Any] | None) -> list[str]:
-        """Keys a version needs that are absent: group and array metadata and, given the arrays, every chunk."""
-        present = set(self.backend.list_keys(vkey))
+        """Keys a version needs that are absent: group and array metadata and, given the arrays, every chunk.
+
+        One listing where the backend can list; a HEAD per needed object where it cannot (HTTPS).
+        """
         needed = [f"{vkey}/zarr.json"] + [f"{vkey}/{name}/zarr.json" for name in (layout.EMBEDDINGS, layout.SCALES)]
         for name, array in (arrays or {}).items():
             # Stored objects follow the metadata's chunk grid (whole shards for a sharded array), not
@@ -680,6 +682,9 @@ class TileStore:
             outer = array.metadata.chunk_grid.chunk_shape
             grid = itertools.product(*(range(math.ceil(n / c)) for n, c in zip(array.shape, outer)))
             needed += [f"{vkey}/{name}/{array.metadata.encode_chunk_key(coords)}" for coords in grid]
+        if not self.backend.listable:
+            return [key for key, found in zip(needed, self.backend.exists(needed)) if not found]
+        present = set(self.backend.list_keys(vkey))
         return [key for key in needed if key not in present]
 
     def open_dataset(self, year: int, tile: str, *, verify: bool = True) -> Any:
