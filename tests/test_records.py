@@ -104,10 +104,12 @@ def test_a_store_written_in_the_old_shape_reads(tmp_path: Path) -> None:
 
 
 def test_a_malformed_marker_is_an_integrity_error_naming_the_key(tmp_path: Path) -> None:
+    """A read checks the marker against its model before it trusts a field of it."""
     store = TileStore(str(tmp_path / "store"))
     store.backend.put_atomic(layout.marker_key(YEAR, TILE), json.dumps({**OLD_MARKER, "epsg": "utm"}).encode())
     with pytest.raises(StoreIntegrityError, match=f"tile {TILE}: commit marker: epsg"):
-        store.marker(YEAR, TILE)
+        store.read_tile(YEAR, TILE)
+    assert not store.verify_tile(YEAR, TILE).ok
 
 
 def test_model_compatibility_rule(caplog: pytest.LogCaptureFixture) -> None:
@@ -145,12 +147,13 @@ def test_run_records_failures_and_progress(tmp_path: Path) -> None:
     assert set(doc) == {"year", "tile", "failed_at", "reason", "kind", "message", "attempts", "hw_class", "run_id"}
     with pytest.raises(StoreError, match="unknown key 'traceback'"):
         log_.record_failure(YEAR, TILE, {"reason": "x", "traceback": "..."})
-    assert FailureRecord.parse({"year": YEAR, "tile": TILE, "failed_at": "t", "reason": "x"}, where="old").kind == "permanent"
+    assert FailureRecord.parse({"reason": "x", "message": "old"}, where="old").kind == "permanent"
 
     snapshot = RunProgress("r1", total=3, already_complete=1).to_dict()
     log_.save_progress("r1", snapshot)
     assert log_.load_progress("r1") == json.loads(json.dumps(snapshot))
     assert set(ProgressSnapshot.model_fields) == set(snapshot)
+    assert ProgressSnapshot.parse({"run_id": "r0", "total": 2}, where="old").finished is False
     with pytest.raises(StoreError, match="unknown key 'extra'"):
         log_.save_progress("r1", {**snapshot, "extra": 1})
 

@@ -67,7 +67,8 @@ class TileReader:
         return attrs
 
     def marker(self, year: int, tile: str) -> dict[str, Any] | None:
-        """The tile's commit marker (checked against `CommitMarker`), or None when the tile is not complete."""
+        """The tile's commit marker, or None when the tile is not complete (its format checked; `read_tile`
+        checks every field it reads against `CommitMarker`)."""
         raw = self.backend.get(layout.marker_key(year, tile))
         if raw is None:
             return None
@@ -78,7 +79,6 @@ class TileReader:
         if not isinstance(marker, dict) or marker.get("format") != layout.COMMIT_FORMAT:
             found = marker.get("format") if isinstance(marker, dict) else type(marker).__name__
             raise StoreIntegrityError(f"commit marker has format {found!r}", tile=tile)
-        CommitMarker.parse(marker, where="commit marker", error=StoreIntegrityError, tile=tile)
         return marker
 
     def is_complete(self, year: int, tile: str) -> bool:
@@ -119,6 +119,7 @@ class TileReader:
             marker = self.marker(year, tile)
             if marker is None:
                 raise TileNotCompleteError(f"no complete tile in {self.url} for {year}", tile=tile)
+            CommitMarker.parse(marker, where="commit marker", error=StoreIntegrityError, tile=tile)
             vkey = str(marker["path"])
             error: Exception | None = None
             where = vkey

@@ -225,11 +225,14 @@ class RunRecord(Record):
 
 
 class FailureRecord(Record):
-    """`_run/failures/{year}/{tile}[.retry].json`: why a tile failed for good (or used up its attempts)."""
+    """`_run/failures/{year}/{tile}[.retry].json`: why a tile failed for good (or used up its attempts).
 
-    year: int
-    tile: str
-    failed_at: str
+    `year`, `tile` and `failed_at` are always written; a record without them still reads (its key names the tile).
+    """
+
+    year: int | None = None
+    tile: str | None = None
+    failed_at: str | None = None
     kind: Literal["permanent", "exhausted"] = "permanent"
     reason: str
     message: str | None = None
@@ -239,36 +242,39 @@ class FailureRecord(Record):
 
 
 class ProgressSnapshot(Record):
-    """`_run/runs/{run_id}/progress.json`: the driver's latest counts, throughput by class, failures and retries."""
+    """`_run/runs/{run_id}/progress.json`: the driver's latest counts, throughput by class, failures and retries.
+
+    Every field has a default, so a snapshot written before a field existed still reads.
+    """
 
     run_id: str
-    total: int
-    already_complete: int
-    complete: int
-    failed: int
-    pending: int
-    inflight: int
-    retrying: int
-    pixels_total: int
-    pixels_done: int
-    planned_pixels_done: int
-    elapsed_s: float
-    eta_s: float | None
-    by_class: dict[str, Any]
-    failed_by_reason: dict[str, int]
-    retries_by_reason: dict[str, int]
-    actors: int
-    threads_by_class: dict[str, Any]
-    quarantined: int
-    paused: bool
-    pause_reason: str
-    given_up_nodes: list[Any]
-    unwritten_records: int
-    checkpoint_loads: int
-    checkpoint_transfers: int
-    checkpoint_bytes: int
-    finished: bool
-    updated_at: float
+    total: int = 0
+    already_complete: int = 0
+    complete: int = 0
+    failed: int = 0
+    pending: int = 0
+    inflight: int = 0
+    retrying: int = 0
+    pixels_total: int = 0
+    pixels_done: int = 0
+    planned_pixels_done: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    by_class: dict[str, Any] = Field(default_factory=dict)
+    failed_by_reason: dict[str, int] = Field(default_factory=dict)
+    retries_by_reason: dict[str, int] = Field(default_factory=dict)
+    actors: int = 0
+    threads_by_class: dict[str, Any] = Field(default_factory=dict)
+    quarantined: int = 0
+    paused: bool = False
+    pause_reason: str = ""
+    given_up_nodes: list[Any] = Field(default_factory=list)
+    unwritten_records: int = 0
+    checkpoint_loads: int = 0
+    checkpoint_transfers: int = 0
+    checkpoint_bytes: int = 0
+    finished: bool = False
+    updated_at: float | None = None
 
 
 # --- manifest row (formats.md section 10) ----------------------------------------------------------
