@@ -241,10 +241,10 @@ class FailureRecord(Record):
     run_id: str | None = None
 
 
-class ProgressSnapshot(Record):
-    """`_run/runs/{run_id}/progress.json`: the driver's latest counts, throughput by class, failures and retries.
+class ProgressState(Record):
+    """The counters a run's driver keeps (run/progress.py's `RunProgress` is one): the snapshot less what it derives.
 
-    Every field has a default, so a snapshot written before a field existed still reads.
+    Every field but `run_id` has a default, so a snapshot written before a field existed still reads.
     """
 
     run_id: str
@@ -252,14 +252,12 @@ class ProgressSnapshot(Record):
     already_complete: int = 0
     complete: int = 0
     failed: int = 0
-    pending: int = 0
     inflight: int = 0
     retrying: int = 0
     pixels_total: int = 0
     pixels_done: int = 0
     planned_pixels_done: int = 0
     elapsed_s: float = 0.0
-    eta_s: float | None = None
     by_class: dict[str, Any] = Field(default_factory=dict)
     failed_by_reason: dict[str, int] = Field(default_factory=dict)
     retries_by_reason: dict[str, int] = Field(default_factory=dict)
@@ -274,6 +272,13 @@ class ProgressSnapshot(Record):
     checkpoint_transfers: int = 0
     checkpoint_bytes: int = 0
     finished: bool = False
+
+
+class ProgressSnapshot(ProgressState):
+    """`_run/runs/{run_id}/progress.json`: the driver's counters plus what it derives (pending, eta) and when."""
+
+    pending: int = 0
+    eta_s: float | None = None
     updated_at: float | None = None
 
 
