@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tessera_pipeline.errors import MissingFileError, RemoteInputError
 from tessera_pipeline.locations import is_s3, s3_client, split_s3

@@ -529,6 +529,7 @@ class HttpBackend:
         self.url = url.rstrip("/")
 
     def _url(self, key: str) -> str:
+        """The URL of a store key."""
         return f"{self.url}/{key}" if key else self.url
 
     def _refuse(self, operation: str) -> StoreError:

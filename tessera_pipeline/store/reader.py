@@ -43,6 +43,7 @@ class TileReader:
         self._zstore: Any = None
 
     def __repr__(self) -> str:
+        """The class and the store URL."""
         return f"{type(self).__name__}({self.url!r})"
 
     @property
