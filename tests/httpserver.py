@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +21,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     #: (method, path, Range header or None) of every request, shared by the server's handlers.
     requests: list[tuple[str, str, str | None]] = []
+    #: Path -> how many more requests for it answer 503 (a flaky front), shared likewise.
+    outages: dict[str, int] = {}
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         """Quiet: tests read `requests` instead."""
@@ -40,6 +43,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         """Answer one request for a file (whole or ranged); folders and absent files are 404."""
         wanted = self.headers.get("Range")
         self.requests.append((self.command, self.path, wanted))
+        if self.outages.get(self.path, 0) > 0:
+            self.outages[self.path] -= 1
+            self.send_error(503, "try again")
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404, "not found")
@@ -71,15 +78,24 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(data[start:end])
 
 
+@dataclass
+class Served:
+    """A running test server: its base URL, the request log and the outages to inject (path -> 503 count)."""
+
+    url: str
+    requests: list[tuple[str, str, str | None]]
+    outages: dict[str, int]
+
+
 @contextmanager
-def http_server(root: Path) -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
-    """Serve `root` on a free loopback port for the block; yield its base URL and the request log."""
-    handler = type("Handler", (RangeHandler,), {"requests": []})
+def http_server(root: Path) -> Iterator[Served]:
+    """Serve `root` on a free loopback port for the block."""
+    handler = type("Handler", (RangeHandler,), {"requests": [], "outages": {}})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+        yield Served(f"http://127.0.0.1:{server.server_address[1]}", handler.requests, handler.outages)
     finally:
         server.shutdown()
         server.server_close()

@@ -112,7 +112,8 @@ def test_store_reads_over_plain_http_without_listing(tmp_path: Path) -> None:
     local = tmp_path / "site" / "store.zarr"
     emb, scales = write_tile(str(local))
     want = TileStore(str(local)).read_tile(YEAR, TILE)
-    with http_server(tmp_path / "site") as (base, requests):
+    with http_server(tmp_path / "site") as served:
+        base, requests = served.url, served.requests
         store = TileStore(f"{base}/store.zarr")
         assert isinstance(store.backend, HttpBackend)
         marker = store.marker(YEAR, TILE)
@@ -131,16 +132,25 @@ def test_store_reads_over_plain_http_without_listing(tmp_path: Path) -> None:
                 call()
 
 
-def test_http_missing_object_and_server_errors(tmp_path: Path) -> None:
-    """A 404 is None (absent); a deleted chunk is a typed integrity error; an unreachable server names the URL."""
+def test_http_missing_object_and_server_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 404 is None (absent); 5xx is retried, then a typed error; a deleted chunk is a typed integrity
+    error; an unreachable server names the URL."""
+    monkeypatch.setattr(locations, "HTTP_BACKOFF_S", 0.0)
     local = tmp_path / "site" / "store.zarr"
     write_tile(str(local), 20, 20)
     marker = TileStore(str(local)).marker(YEAR, TILE)
     assert marker is not None
-    with http_server(tmp_path / "site") as (base, _requests):
+    mkey = layout.marker_key(YEAR, TILE)
+    with http_server(tmp_path / "site") as served:
+        base = served.url
         backend = HttpBackend(f"{base}/store.zarr")
         assert backend.get("no/such/key") is None
         assert backend.exists([f"{marker['path']}/zarr.json", "no/such/key"]) == [True, False]
+        served.outages[f"/store.zarr/{mkey}"] = locations.HTTP_ATTEMPTS - 1
+        assert backend.get(mkey) == (local / mkey).read_bytes()
+        served.outages[f"/store.zarr/{mkey}"] = locations.HTTP_ATTEMPTS
+        with pytest.raises(StoreError, match=f"{base}/store.zarr/{mkey}: GET answered HTTP 503"):
+            backend.get(mkey)
         shutil.rmtree(local / marker["path"] / layout.SCALES / "c")
         with pytest.raises(StoreError, match=f"missing object {marker['path']}/scales/c/0/0"):
             TileStore(f"{base}/store.zarr").read_tile(YEAR, TILE)
