@@ -151,6 +151,11 @@ def test_http_missing_object_and_server_errors(tmp_path: Path, monkeypatch: pyte
         served.outages[f"/store.zarr/{mkey}"] = locations.HTTP_ATTEMPTS
         with pytest.raises(StoreError, match=f"{base}/store.zarr/{mkey}: GET answered HTTP 503"):
             backend.get(mkey)
+        shard = f"/store.zarr/{marker['path']}/{layout.EMBEDDINGS}/c/0/0/0"
+        served.outages[shard] = locations.HTTP_ATTEMPTS - 1  # the shard's index, then its chunk: retried
+        assert np.array_equal(TileStore(f"{base}/store.zarr").read_tile(YEAR, TILE).embeddings,
+                              TileStore(str(local)).read_tile(YEAR, TILE).embeddings)
+        assert served.outages[shard] == 0
         shutil.rmtree(local / marker["path"] / layout.SCALES / "c")
         with pytest.raises(StoreError, match=f"missing object {marker['path']}/scales/c/0/0"):
             TileStore(f"{base}/store.zarr").read_tile(YEAR, TILE)

@@ -540,10 +540,9 @@ class HttpBackend:
         )
 
     def zarr_store(self, key: str = "") -> Any:
-        """A read-only zarr FsspecStore over fsspec's HTTPFileSystem (byte-range GETs for sharded reads)."""
-        import zarr.storage
-
-        return zarr.storage.FsspecStore.from_url(
+        """A read-only zarr store over fsspec's HTTPFileSystem (byte-range GETs for sharded reads), its GETs
+        retried on 5xx and dropped connections like `get`."""
+        return _retrying_http_store().from_url(
             self._url(key), storage_options=locations.http_storage_options(), read_only=True
         )
 
@@ -604,6 +603,34 @@ class HttpBackend:
     def make_durable(self, key: str) -> None:
         """Refused: HTTP(S) stores are read-only."""
         raise self._refuse(f"write {key}")
+
+
+def _retrying_http_store() -> type:
+    """zarr's FsspecStore whose `get` retries a 5xx answer, a dropped connection or a timeout
+    (locations.HTTP_ATTEMPTS tries, backing off): aiohttp, under fsspec's HTTP filesystem, retries nothing."""
+    import asyncio
+
+    import aiohttp
+    import zarr.storage
+
+    class RetryingHttpStore(zarr.storage.FsspecStore):
+        """A read-only FsspecStore over HTTP(S) with bounded retries of each GET."""
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            """GET a key (or a byte range of it), retried like `locations.http_request`; absent: None."""
+            for attempt in range(1, locations.HTTP_ATTEMPTS + 1):
+                try:
+                    return await super().get(key, prototype, byte_range)
+                except aiohttp.ClientResponseError as exc:
+                    if exc.status < 500 or attempt == locations.HTTP_ATTEMPTS:
+                        raise
+                except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                    if attempt == locations.HTTP_ATTEMPTS:
+                        raise
+                await asyncio.sleep(locations.HTTP_BACKOFF_S * 2 ** (attempt - 1))
+            raise AssertionError("unreachable")
+
+    return RetryingHttpStore
 
 
 def _http_error(url: str, operation: str, exc: OSError) -> StoreError:
