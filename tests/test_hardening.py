@@ -389,13 +389,13 @@ def test_unreachable_endpoint_fails_fast_in_one_line(
 
 
 def test_a_silent_endpoint_is_bounded_by_the_time_budget(monkeypatch: pytest.MonkeyPatch, s3_env: None) -> None:
-    from tessera_pipeline.store import backend
+    from tessera_pipeline import locations
 
     with socket.socket() as server:  # accepts connections (kernel backlog) and never answers
         server.bind(("127.0.0.1", 0))
         server.listen(16)
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        monkeypatch.setattr(backend, "S3_OPERATION_BUDGET_S", 1.0)
+        monkeypatch.setattr(locations, "S3_OPERATION_BUDGET_S", 1.0)
         start = time.monotonic()
         assert_one_line_error(invoke("verify", "--store", "s3://bucket/store"), "unreachable")
         assert time.monotonic() - start < 10

@@ -106,8 +106,6 @@ def bench_s3_idle(tiles: int = 6, size: tuple[int, int] = (16, 16)) -> IdleBench
     and measure each actor's idle time between encodes (prefetch should hide the downloads)."""
     import os
 
-    import boto3
-
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
@@ -116,6 +114,7 @@ def bench_s3_idle(tiles: int = 6, size: tuple[int, int] = (16, 16)) -> IdleBench
         raise RunError("bench-run --s3-idle needs moto's server: pip install 'moto[server]'") from exc
     from tessera_pipeline import landmask, region
     from tessera_pipeline.inputs.synthetic import make_synthetic_tile
+    from tessera_pipeline.locations import s3_client
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
     from tessera_pipeline.run.config import build_config
     from tessera_pipeline.run.session import start
@@ -135,7 +134,7 @@ def bench_s3_idle(tiles: int = 6, size: tuple[int, int] = (16, 16)) -> IdleBench
             os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
                               AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                               TESSERA_CACHE_DIR=str(Path(tmp) / "cache"))
-            client = boto3.client("s3")
+            client = s3_client()
             client.create_bucket(Bucket="bench")
             for name in names:
                 folder = make_synthetic_tile(Path(tmp) / "inputs", 2024, name, size=size)

@@ -1,23 +1,26 @@
 """Fetch d-pixel files from any S3-compatible object store into a local cache, with retries.
 
 Configuration comes from the standard AWS variables and files only (AWS_ENDPOINT_URL or
-AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE), so
-AWS, MinIO, Ceph, R2 or source.coop all work without project-specific settings. Files are streamed to
+AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE,
+AWS_NO_SIGN_REQUEST), read by `tessera_pipeline.locations`, so AWS, MinIO, Ceph, R2 or source.coop
+(anonymously too) work without project-specific settings. Files are streamed to
 disk (never held in memory) and then memory-mapped by the reader.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tessera_pipeline.errors import MissingFileError, RemoteInputError
+from tessera_pipeline.locations import is_s3, s3_client, split_s3
+
+__all__ = ["cache_path", "default_cache_dir", "evict", "fetch", "is_s3", "s3_client", "split_s3", "with_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -29,39 +32,6 @@ BACKOFF_BASE_S = 0.5
 #: Error codes that mean "this object is not there" rather than "try again".
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 _PERMANENT = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"}
-
-
-def is_s3(location: str | os.PathLike[str]) -> bool:
-    """True for an `s3://bucket/key` location."""
-    return str(location).startswith("s3://")
-
-
-def split_s3(url: str) -> tuple[str, str]:
-    """(bucket, key) of an `s3://bucket/key` URL; the key has no leading slash."""
-    rest = url[len("s3://") :]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"not an s3 URL: {url!r}")
-    return bucket, key.strip("/")
-
-
-@functools.lru_cache(maxsize=8)
-def _client(endpoint: str | None, region: str | None, attempts: int, mode: str) -> Any:
-    """A cached boto3 S3 client for an endpoint, with botocore's own retries per call."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": attempts, "mode": mode}, connect_timeout=10, read_timeout=60)
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
-
-
-def s3_client() -> Any:
-    """The S3 client for the current environment (endpoint, region and retry policy from the AWS variables)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 4)
-    mode = os.environ.get("AWS_RETRY_MODE") or "adaptive"
-    return _client(endpoint, region, attempts, mode)
 
 
 def _error_code(exc: Exception) -> str:

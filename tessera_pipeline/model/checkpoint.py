@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tessera_pipeline.errors import CheckpointError
+from tessera_pipeline.locations import is_s3, s3_client, split_s3
 from tessera_pipeline.model.architecture import BackboneConfig, ModelConfig, ModelVersion, TesseraModel, build_model
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,9 @@ def fetch_checkpoint(source: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as out:
-            if source.startswith("s3://"):
-                import boto3
-
-                bucket, _, key = source[5:].partition("/")
-                boto3.client("s3").download_fileobj(bucket, key, out)
+            if is_s3(source):
+                bucket, key = split_s3(source)
+                s3_client().download_fileobj(bucket, key, out)
             else:
                 with urllib.request.urlopen(source, timeout=60) as resp:  # noqa: S310 - user-supplied URL by design
                     shutil.copyfileobj(resp, out, 1 << 20)

@@ -14,11 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tessera_pipeline.store.records import ProgressSnapshot, ProgressState
 from tessera_pipeline.store.runlog import COMMIT_LOG_PAGE, RunLog
 
 log = logging.getLogger(__name__)
@@ -39,35 +40,11 @@ class ClassStats:
     actors: int = 0
 
 
-@dataclass
-class RunProgress:
-    """A snapshot the CLI draws and the store keeps (as JSON) for `status`."""
+class RunProgress(ProgressState):
+    """A snapshot the CLI draws and the store keeps (as JSON, a `ProgressSnapshot`) for `status`."""
 
-    run_id: str
-    total: int
-    already_complete: int
-    complete: int = 0
-    failed: int = 0
-    inflight: int = 0
-    retrying: int = 0
-    pixels_total: int = 0
-    pixels_done: int = 0
-    planned_pixels_done: int = 0
-    elapsed_s: float = 0.0
-    by_class: dict[str, dict[str, float]] = field(default_factory=dict)
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    retries_by_reason: dict[str, int] = field(default_factory=dict)
-    actors: int = 0
-    threads_by_class: dict[str, list[int]] = field(default_factory=dict)
-    quarantined: int = 0
-    paused: bool = False
-    pause_reason: str = ""
-    given_up_nodes: list[dict[str, Any]] = field(default_factory=list)
-    unwritten_records: int = 0
-    checkpoint_loads: int = 0
-    checkpoint_transfers: int = 0
-    checkpoint_bytes: int = 0
-    finished: bool = False
+    def __init__(self, run_id: str, total: int, already_complete: int, **counters: Any) -> None:
+        super().__init__(run_id=run_id, total=total, already_complete=already_complete, **counters)
 
     @property
     def pending(self) -> int:
@@ -84,21 +61,13 @@ class RunProgress:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the store's progress record."""
-        return {
-            "run_id": self.run_id, "total": self.total, "already_complete": self.already_complete,
-            "complete": self.complete, "failed": self.failed, "pending": self.pending, "inflight": self.inflight,
-            "retrying": self.retrying, "pixels_total": self.pixels_total, "pixels_done": self.pixels_done,
-            "planned_pixels_done": self.planned_pixels_done,
-            "elapsed_s": round(self.elapsed_s, 3), "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
-            "by_class": self.by_class, "failed_by_reason": self.failed_by_reason,
-            "retries_by_reason": self.retries_by_reason, "actors": self.actors,
-            "threads_by_class": self.threads_by_class, "quarantined": self.quarantined, "paused": self.paused,
-            "pause_reason": self.pause_reason, "given_up_nodes": self.given_up_nodes,
-            "unwritten_records": self.unwritten_records, "checkpoint_loads": self.checkpoint_loads,
-            "checkpoint_transfers": self.checkpoint_transfers, "checkpoint_bytes": self.checkpoint_bytes,
-            "finished": self.finished,
-            "updated_at": time.time(),
-        }
+        eta = self.eta_s
+        return ProgressSnapshot.build(
+            **{**self.model_dump(), "elapsed_s": round(self.elapsed_s, 3)},
+            pending=self.pending,
+            eta_s=None if eta is None else round(eta, 1),
+            updated_at=time.time(),
+        ).document()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The Zarr v3 embedding store: crash-safe per-tile commits on a local path or `s3://`.
+"""The Zarr v3 embedding store: crash-safe per-tile commits on a local path or `s3://` (read-only: `https://`).
 
 Public API: `TileStore` (write, is_complete, read, list, verify, open as xarray),
 `write_encoded_tile` (the one call encode-tile and the run workers make), and the records they

@@ -1,4 +1,5 @@
-"""Small-object I/O for the store on a local path or `s3://`: atomic and conditional puts, listings, deletes.
+"""Small-object I/O for the store on a local path or `s3://` (or, read-only, `https://`): atomic and
+conditional puts, listings, deletes.
 
 Zarr writes the bulk arrays; this module does what the commit protocol needs beyond zarr: a
 marker put that readers see whole or not at all (os.replace locally, one PUT on S3), a put that
@@ -21,7 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from tessera_pipeline import locations
 from tessera_pipeline.errors import StoreError, StoreUnreachableError
+from tessera_pipeline.locations import S3FS_TRIES, is_s3, s3_client, s3_storage_options
+
+__all__ = ["Backend", "HttpBackend", "LocalBackend", "S3Backend", "is_s3", "open_backend", "s3_client", "s3_storage_options"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,9 @@ class Backend(Protocol):
     url: str
     #: True where listings of disjoint prefixes run faster side by side (S3), False where they share one disk.
     concurrent_listing: bool
+    #: False where a LIST may be refused (plain HTTPS; anonymous S3, whose public buckets often allow GET
+    #: only): readers then check the objects they need one by one instead of listing.
+    listable: bool
 
     def zarr_store(self, key: str = "") -> Any:
         """A zarr v3 store rooted at the store root, or at a prefix under it."""
@@ -82,26 +90,24 @@ class Backend(Protocol):
         """Make everything written under a prefix durable before a commit marker names it."""
 
 
-def is_s3(url: str) -> bool:
-    """True when the store URL is an S3 (or S3-compatible) location."""
-    return url.startswith("s3://")
-
-
 def open_backend(url: str) -> Backend:
-    """The backend for a store URL: `s3://bucket/prefix` or a local path (file:// allowed)."""
-    if is_s3(url):
+    """The backend for a store URL: `s3://bucket/prefix`, `https://host/path` (read-only) or a local path (file:// allowed)."""
+    try:
+        where = locations.parse(url)
+    except ValueError as exc:
+        raise StoreError(f"unsupported store URL {url!r}: use a local path, s3://bucket/prefix or https://host/path") from exc
+    if where.scheme == "s3":
         return S3Backend(url)
-    if url.startswith("file://"):
-        url = url[len("file://") :]
-    if "://" in url:
-        raise StoreError(f"unsupported store URL {url!r}: use a local path or s3://bucket/prefix")
-    return LocalBackend(url)
+    if where.scheme in ("http", "https"):
+        return HttpBackend(url)
+    return LocalBackend(where.path)
 
 
 class LocalBackend:
     """A store in a local directory; atomic puts by write-fsync-rename, durable by fsync."""
 
     concurrent_listing = False
+    listable = True
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -281,85 +287,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-#: Bounds on S3: seconds to connect, seconds per socket read, attempts per request (botocore's
-#: standard retry mode backs off between them), s3fs's own tries for a body cut short mid-read,
-#: and the total seconds any one store operation may take. A refused connection fails in seconds.
-S3_CONNECT_TIMEOUT_S = 5.0
-S3_READ_TIMEOUT_S = 60.0
-S3_ATTEMPTS = 3
-S3FS_TRIES = 3
-S3_OPERATION_BUDGET_S = 600.0
-#: Connections per client: whole-store commands list and read with up to this many threads.
-S3_POOL_CONNECTIONS = 32
-
-
-def _s3_endpoint() -> str | None:
-    """The S3 endpoint from the standard AWS variables (None: AWS itself)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def _s3_region() -> str | None:
-    """The region from the standard AWS variables (None: botocore's own resolution)."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-
-
-def _s3_config_kwargs() -> dict[str, Any]:
-    """botocore Config arguments shared by s3fs and the boto3 client: bounded timeouts and retries."""
-    per_attempt = S3_OPERATION_BUDGET_S / S3_ATTEMPTS  # every attempt of a boto3 call fits the budget
-    return {
-        "connect_timeout": min(S3_CONNECT_TIMEOUT_S, per_attempt),
-        "read_timeout": min(S3_READ_TIMEOUT_S, per_attempt),
-        "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"},
-        "max_pool_connections": S3_POOL_CONNECTIONS,
-    }
-
-
-def s3_storage_options() -> dict[str, Any]:
-    """s3fs options from the standard AWS variables (endpoint, region), with bounded timeouts and retries."""
-    options: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": _s3_config_kwargs()}
-    endpoint = _s3_endpoint()
-    if endpoint:
-        options["endpoint_url"] = endpoint
-    region = _s3_region()
-    if region:
-        options["client_kwargs"] = {"region_name": region}
-    return options
-
-
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CONDITIONAL: dict[tuple[str | None, str], bool] = {}
 _CACHE_LOCK = threading.Lock()
 
 #: Error codes S3 answers a failed If-Match / If-None-Match with (412), or a concurrent
 #: conditional write to the same key (409): either way the object is not what the writer read.
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
-
-
-def s3_client() -> Any:
-    """A boto3 S3 client bounded like s3fs (endpoint, region, timeouts, retries); one per process and identity.
-
-    Cached because building one costs ~0.1 s and every tile write uses it; the key holds what the
-    AWS variables say (endpoint, region, key id, profile), so a changed environment gets a new one.
-    """
-    key = (
-        os.getpid(),
-        _s3_endpoint(),
-        _s3_region(),
-        os.environ.get("AWS_ACCESS_KEY_ID"),
-        os.environ.get("AWS_PROFILE"),
-        S3_OPERATION_BUDGET_S,
-    )
-    with _CACHE_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            import boto3.session
-            from botocore.config import Config
-
-            client = boto3.session.Session().client(
-                "s3", endpoint_url=key[1], region_name=key[2], config=Config(**_s3_config_kwargs())
-            )
-            _CLIENTS[key] = client
-    return client
 
 
 class S3Backend:
@@ -370,6 +303,7 @@ class S3Backend:
     def __init__(self, url: str) -> None:
         import s3fs
 
+        self.listable = not locations.s3_anonymous()
         self.url = url.rstrip("/")
         self.base = self.url[len("s3://") :]
         if not self.base or self.base.startswith("/"):
@@ -420,7 +354,7 @@ class S3Backend:
                     return None
                 raise _client_error(self.url, "get_object", exc) from exc
             except (IncompleteReadError, ResponseStreamingError) as exc:
-                if attempt >= S3_ATTEMPTS:
+                if attempt >= locations.s3_attempts():
                     raise _store_error(self.url, "get_object", exc) from exc
                 log.debug("GET %s cut short (%s); reading again", key, exc)
             except Exception as exc:
@@ -429,7 +363,7 @@ class S3Backend:
     @property
     def conditional_writes(self) -> bool:
         """Whether this endpoint honours If-None-Match / If-Match on PUT (probed once per process and store)."""
-        cache = (_s3_endpoint(), self.url)
+        cache = (locations.s3_endpoint(), self.url)
         with _CACHE_LOCK:
             known = _CONDITIONAL.get(cache)
         if known is None:
@@ -443,7 +377,7 @@ class S3Backend:
                     "last-writer-wins here, so a stale writer is fenced only by the run layer and the "
                     "cleanup grace period",
                     self.url,
-                    _s3_endpoint() or "AWS S3",
+                    locations.s3_endpoint() or "AWS S3",
                 )
         return known
 
@@ -507,8 +441,22 @@ class S3Backend:
             self.fs.pipe({self._path(key): data for key, data in items.items()})
 
     def exists(self, keys: list[str]) -> list[bool]:
-        """A HEAD per object (callers with many keys list instead: `listing.absent`)."""
-        return [bool(self.fs.exists(self._path(key))) for key in keys]
+        """A HEAD per object (callers with many keys list instead: `listing.absent`); 404 is absent."""
+        from botocore.exceptions import ClientError
+
+        found: list[bool] = []
+        for key in keys:
+            bucket, obj = self._bucket_key(key)
+            try:
+                s3_client().head_object(Bucket=bucket, Key=obj)
+                found.append(True)
+            except ClientError as exc:
+                if _error_code(exc) not in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
+                    raise _client_error(self.url, "head_object", exc) from exc
+                found.append(False)
+            except Exception as exc:
+                raise _store_error(self.url, "head_object", exc) from exc
+        return found
 
     def list_children(self, key: str) -> list[str]:
         """Immediate children (one delimited LIST)."""
@@ -566,6 +514,137 @@ class S3Backend:
         """Nothing to do: a PUT that returned is durable."""
 
 
+class HttpBackend:
+    """A read-only store behind plain HTTP(S) (a CDN or web server in front of a bucket): GETs and HEADs only.
+
+    HTTP cannot list or write, so every such call raises StoreError: open a store here through a
+    release or a manifest, which name every object a read needs.
+    """
+
+    concurrent_listing = True
+    listable = False
+    conditional_writes = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _url(self, key: str) -> str:
+        """The URL of a store key."""
+        return f"{self.url}/{key}" if key else self.url
+
+    def _refuse(self, operation: str) -> StoreError:
+        """The typed error every list or write method raises: HTTP(S) stores are read-only and unlistable."""
+        return StoreError(
+            f"{self.url}: an https store cannot be listed or written ({operation}); "
+            "open it through a release or a manifest, or use its s3:// location with credentials"
+        )
+
+    def zarr_store(self, key: str = "") -> Any:
+        """A read-only zarr store over fsspec's HTTPFileSystem (byte-range GETs for sharded reads), its GETs
+        retried on 5xx and dropped connections like `get`."""
+        return _retrying_http_store().from_url(
+            self._url(key), storage_options=locations.http_storage_options(), read_only=True
+        )
+
+    def get(self, key: str) -> bytes | None:
+        """GET an object (retried on 5xx and dropped connections), or None on 404."""
+        try:
+            return locations.http_request(self._url(key))
+        except OSError as exc:
+            raise _http_error(self._url(key), "GET", exc) from exc
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and their sha256 hex (a read-only store has nothing to compare-and-swap)."""
+        data = self.get(key)
+        return None if data is None else (data, _sha256(data))
+
+    def exists(self, keys: list[str]) -> list[bool]:
+        """A HEAD per object (404: absent)."""
+        found: list[bool] = []
+        for key in keys:
+            try:
+                found.append(locations.http_request(self._url(key), method="HEAD") is not None)
+            except OSError as exc:
+                raise _http_error(self._url(key), "HEAD", exc) from exc
+        return found
+
+    def put_atomic(self, key: str, data: bytes) -> None:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"put {key}")
+
+    def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"put {key}")
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"put {len(items)} objects")
+
+    def list_children(self, key: str) -> list[str]:
+        """Refused: plain HTTP has no listing."""
+        raise self._refuse(f"list {key or '/'}")
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Refused: plain HTTP has no listing."""
+        raise self._refuse(f"list {prefix or '/'}")
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Refused: plain HTTP has no listing."""
+        raise self._refuse(f"list {prefix or '/'}")
+
+    def delete_tree(self, key: str) -> None:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"delete {key}")
+
+    def delete(self, key: str) -> None:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"delete {key}")
+
+    def make_durable(self, key: str) -> None:
+        """Refused: HTTP(S) stores are read-only."""
+        raise self._refuse(f"write {key}")
+
+
+def _retrying_http_store() -> type:
+    """zarr's FsspecStore whose `get` retries a 5xx answer, a dropped connection or a timeout
+    (locations.HTTP_ATTEMPTS tries, backing off): aiohttp, under fsspec's HTTP filesystem, retries nothing."""
+    import asyncio
+
+    import aiohttp
+    import zarr.storage
+
+    class RetryingHttpStore(zarr.storage.FsspecStore):
+        """A read-only FsspecStore over HTTP(S) with bounded retries of each GET."""
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            """GET a key (or a byte range of it), retried like `locations.http_request`; absent: None."""
+            for attempt in range(1, locations.HTTP_ATTEMPTS + 1):
+                try:
+                    return await super().get(key, prototype, byte_range)
+                except aiohttp.ClientResponseError as exc:
+                    if exc.status < 500 or attempt == locations.HTTP_ATTEMPTS:
+                        raise
+                except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                    if attempt == locations.HTTP_ATTEMPTS:
+                        raise
+                await asyncio.sleep(locations.HTTP_BACKOFF_S * 2 ** (attempt - 1))
+            raise AssertionError("unreachable")
+
+    return RetryingHttpStore
+
+
+def _http_error(url: str, operation: str, exc: OSError) -> StoreError:
+    """A one-line StoreError naming the URL: an HTTP status answer, or unreachable after the bounded retries."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return StoreError(f"{url}: {operation} answered HTTP {exc.code} {exc.reason}")
+    detail = " ".join(str(getattr(exc, "reason", None) or exc).split()) or type(exc).__name__
+    return StoreUnreachableError(
+        f"{url}: unreachable ({operation} failed after {locations.HTTP_ATTEMPTS} attempts: {detail})"
+    )
+
+
 class _BoundedFS:
     """An s3fs filesystem whose calls have a total time budget and fail as one-line StoreErrors.
 
@@ -585,7 +664,7 @@ class _BoundedFS:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if timed:
-                kwargs.setdefault("timeout", S3_OPERATION_BUDGET_S)
+                kwargs.setdefault("timeout", locations.S3_OPERATION_BUDGET_S)
             try:
                 return attr(*args, **kwargs)
             except FileNotFoundError:
@@ -623,7 +702,7 @@ def _store_error(url: str, operation: str, exc: Exception) -> StoreError:
     """A one-line StoreError for a failed S3 call: denied, no credentials, or unreachable."""
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    endpoint = locations.s3_endpoint() or "AWS S3"
     detail = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, PermissionError):
         return StoreError(f"{url}: access denied ({operation}: {detail})")
@@ -631,7 +710,7 @@ def _store_error(url: str, operation: str, exc: Exception) -> StoreError:
         return StoreError(f"{url}: no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
     if isinstance(exc, BotoCoreError | OSError | TimeoutError):
         return StoreUnreachableError(
-            f"{url}: S3 endpoint {endpoint} unreachable ({operation} failed after {S3_ATTEMPTS} attempts "
-            f"or {S3_OPERATION_BUDGET_S:.0f} s: {detail})"
+            f"{url}: S3 endpoint {endpoint} unreachable ({operation} failed after {locations.s3_attempts()} attempts "
+            f"or {locations.S3_OPERATION_BUDGET_S:.0f} s: {detail})"
         )
     return StoreError(f"{url}: {operation} failed: {detail}")

@@ -19,6 +19,7 @@ import numpy as np
 from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend
 from tessera_pipeline.store.layout import TileKey
+from tessera_pipeline.store.records import VersionRow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -303,12 +304,4 @@ def read_manifest(data: bytes) -> pa.Table:
 
 def version_marker(row: dict[str, Any]) -> dict[str, Any]:
     """A manifest row as the part of a commit marker `TileStore.verify_named` checks (path, arrays)."""
-    h, w, d = int(row["height"]), int(row["width"]), int(row["dims"])
-    return {
-        "path": row["path"],
-        "version": row["version"],
-        "arrays": {
-            layout.EMBEDDINGS: {"dtype": "int8", "shape": [h, w, d], "sha256": row["embeddings_sha256"]},
-            layout.SCALES: {"dtype": "float32", "shape": [h, w], "sha256": row["scales_sha256"]},
-        },
-    }
+    return VersionRow.parse(row, where="manifest row", tile=str(row.get("tile"))).version_marker()

@@ -32,6 +32,7 @@ import numpy as np
 from tessera_pipeline.errors import StoreError
 from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend
+from tessera_pipeline.store.records import FailureRecord, ProgressSnapshot, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,8 @@ class RunLog:
     def save_run(self, run_id: str, record: dict[str, Any], plan: PlannedTiles) -> None:
         """Store a run's config and plan (plan first), then make it the current run."""
         self.backend.put_atomic(run_key(run_id, "plan.tsv.gz"), encode_plan(plan))
-        doc = {"format": RUN_FORMAT, "run_id": run_id, **record}
-        self.backend.put_atomic(run_key(run_id, "run.json"), _dump(doc))
+        doc = RunRecord.build(**{"format": RUN_FORMAT, "run_id": run_id, **record})
+        self.backend.put_atomic(run_key(run_id, "run.json"), _dump(doc.document()))
         self.backend.put_atomic(CURRENT_KEY, _dump({"run_id": run_id}))
 
     def current_run_id(self) -> str | None:
@@ -167,6 +168,7 @@ class RunLog:
             raise StoreError(f"{self.backend.url} has no run {run_id}")
         if doc.get("format") != RUN_FORMAT:
             raise StoreError(f"{self.backend.url}: run {run_id} has format {doc.get('format')!r}, not {RUN_FORMAT}")
+        RunRecord.parse(doc, where=f"{self.backend.url}/{run_key(run_id, 'run.json')}")
         return doc
 
     def load_plan(self, run_id: str) -> PlannedTiles:
@@ -177,12 +179,16 @@ class RunLog:
         return decode_plan(raw)
 
     def save_progress(self, run_id: str, snapshot: dict[str, Any]) -> None:
-        """Replace the run's progress snapshot."""
-        self.backend.put_atomic(run_key(run_id, "progress.json"), _dump(snapshot))
+        """Replace the run's progress snapshot (checked against `ProgressSnapshot`)."""
+        self.backend.put_atomic(run_key(run_id, "progress.json"), _dump(ProgressSnapshot.build(**snapshot).document()))
 
     def load_progress(self, run_id: str) -> dict[str, Any] | None:
         """The run's latest progress snapshot, if the driver wrote one."""
-        return self._json(run_key(run_id, "progress.json"))
+        key = run_key(run_id, "progress.json")
+        doc = self._json(key)
+        if doc is not None:
+            ProgressSnapshot.parse(doc, where=f"{self.backend.url}/{key}")
+        return doc
 
     # --- commit log ----------------------------------------------------------------------
 
@@ -208,8 +214,9 @@ class RunLog:
     def record_failure(self, year: int, tile: str, record: dict[str, Any]) -> None:
         """Write (or replace) a tile's failure record; `record["kind"]` is `permanent` (default) or `exhausted`."""
         kind = "exhausted" if record.get("kind") == "exhausted" else "permanent"
-        doc = {"year": year, "tile": tile, "failed_at": datetime.now(timezone.utc).isoformat(), **record, "kind": kind}
-        self.backend.put_atomic(failure_key(year, tile, kind), _dump(doc))
+        doc = FailureRecord.build(**{"year": year, "tile": tile, "failed_at": datetime.now(timezone.utc).isoformat(),
+                                     **record, "kind": kind})
+        self.backend.put_atomic(failure_key(year, tile, kind), _dump(doc.document()))
         for other in FAILURE_SUFFIXES:
             if other != kind:
                 self.backend.delete(failure_key(year, tile, other))
@@ -243,7 +250,9 @@ class RunLog:
     def failure(self, year: int, tile: str, kind: str | None = None) -> dict[str, Any] | None:
         """A tile's failure record (of `kind`, or whichever exists), or None."""
         for k in ([kind] if kind else list(FAILURE_SUFFIXES)):
-            doc = self._json(failure_key(year, tile, k))
+            key = failure_key(year, tile, k)
+            doc = self._json(key)
             if doc is not None:
+                FailureRecord.parse(doc, where=f"{self.backend.url}/{key}")
                 return doc
         return None
