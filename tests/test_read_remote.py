@@ -1,10 +1,12 @@
 """The reader over the network: an S3 store behind a proxy failing 10 % of requests reads the same points, within
-a request budget per tile touched."""
+a request budget per tile touched; a plain HTTP server without listings (through a release) and a public bucket
+read without credentials give the same values."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,3 +97,54 @@ def test_a_point_read_lists_nothing(s3_block: str, proxied: Any) -> None:
     assert proxy.taken("GET", "list-type") == 0
     assert proxy.taken("GET") > 0
 
+
+
+def _two_tile_store(url: str) -> TileStore:
+    """Two neighbouring tiles of the block (compressible content) with a release r1."""
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    store = write_block(url, ["grid_17.75_79.65", "grid_17.85_79.65"], compressible=True)
+    write_release(store, "r1", build_manifest(store, YEAR), settle_s=0)
+    return store
+
+
+def test_points_and_regions_read_over_plain_http_through_a_release(tmp_path: Path) -> None:
+    """A store behind an HTTP server with listings disabled: through its release, points and a region read the same
+    as locally, with no listing request and no marker GET."""
+    from httpserver import http_server
+
+    local = _two_tile_store(str(tmp_path / "site" / "store.zarr"))
+    pts = points(500, seed=9)
+    box = (17.78, 79.62, 17.84, 79.66)
+    want = open_reader(local, release="r1", landmask=landmask())
+    with http_server(tmp_path / "site") as served:
+        remote = open_reader(f"{served.url}/store.zarr", release="r1", landmask=landmask())
+        got = remote.sample_points(pts, YEAR)
+        np.testing.assert_array_equal(got.embeddings, want.sample_points(pts, YEAR).embeddings)
+        assert (got.status == "valid").sum() > 50
+        np.testing.assert_array_equal(remote.read_region(box, YEAR).values, want.read_region(box, YEAR).values)
+        paths = [path for _method, path, _range in served.requests]
+        assert not any(p.endswith("/") for p in paths) and not any("_commits" in p for p in paths)
+
+
+def test_points_read_from_a_public_bucket_without_credentials(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_NO_SIGN_REQUEST=YES against a bucket that grants public GET only: points read as with credentials."""
+    import json
+
+    import boto3
+
+    bucket = "read-public"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    store = _two_tile_store(f"s3://{bucket}/store.zarr")
+    pts = points(500, seed=10)
+    want = open_reader(store, landmask=landmask()).sample_points(pts, YEAR)
+    public = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
+                                                      "Action": ["s3:GetObject", "s3:HeadObject"],
+                                                      "Resource": f"arn:aws:s3:::{bucket}/*"}]}
+    boto3.client("s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(public))
+    monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
+    for reader in (open_reader(store.url, landmask=landmask()), open_reader(store.url, release="r1", landmask=landmask())):
+        got = reader.sample_points(pts, YEAR)
+        np.testing.assert_array_equal(got.embeddings, want.embeddings)
+        assert list(got.status) == list(want.status)
