@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "export:export",
     "verify": "verify:verify",
     "manifest": "manifest:manifest",
+    "stac": "stac:stac",
     "sample": "sample:sample",
     "run": "run:run",
     "resume": "resume:resume",

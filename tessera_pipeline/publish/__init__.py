@@ -1,0 +1,1 @@
+"""Publishing a year: zone mosaics, STAC."""
