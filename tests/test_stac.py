@@ -29,11 +29,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from test_store import MODEL
 
+from tessera_pipeline.errors import PublishError
 from tessera_pipeline.grid import tile_geometry
 from tessera_pipeline.publish.stac import (
     EMBEDDINGS_EXTENSION,
     PROJECTION_EXTENSION,
     ZoneMosaic,
+    build_collection,
     read_items,
     zone_item,
 )
@@ -213,3 +215,10 @@ def test_zone_item_is_valid_stac_with_the_zone_grid(zone: int, transform: tuple[
     assert item["properties"]["start_datetime"] == "2023-01-01T00:00:00Z"
     assert item["properties"]["end_datetime"] == "2024-12-31T23:59:59Z"
     assert (item["geometry"]["type"] == "MultiPolygon") == (zone == 60) == (west > east)
+
+
+def test_an_empty_release_is_refused_with_its_name(tmp_path: Path) -> None:
+    store = make_store(str(tmp_path / "store.zarr"))
+    empty = read_release(store, "r1").slice(0, 0)
+    with pytest.raises(PublishError, match="release r1 names no tile"):
+        build_collection(empty, collection_id="c", store_url=store.url, root={}, release_name="r1")
