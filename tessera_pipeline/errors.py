@@ -167,6 +167,13 @@ class ReleaseNotFoundError(ReleaseError):
     """No release of that name is in the store."""
 
 
+# --- publish ------------------------------------------------------------------------------
+
+
+class PublishError(TesseraError):
+    """A release or zone store cannot be published (STAC): the message names the release, group or field."""
+
+
 # --- command line: outputs and argument values ----------------------------------------------
 
 

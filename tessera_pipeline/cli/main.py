@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "export:export",
     "verify": "verify:verify",
     "manifest": "manifest:manifest",
+    "stac": "stac:stac",
     "sample": "sample:sample",
     "mosaic": "mosaic:mosaic",
     "run": "run:run",
