@@ -29,7 +29,11 @@ def s3_block(s3_endpoint: str) -> str:
     bucket = "read-block"
     boto3.client("s3").create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/store.zarr"
-    write_block(url, compressible=True)
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    store = write_block(url, compressible=True)
+    write_release(store, "r1", build_manifest(store, YEAR), settle_s=0)
     return url
 
 
@@ -75,9 +79,9 @@ def _budget(store_url: str, pts: np.ndarray, got: Any) -> int:
 
 
 def test_points_read_the_same_through_a_proxy_failing_one_request_in_ten(s3_block: str, proxied: Any) -> None:
-    pts = points(3000, seed=7)
+    pts = points(2000, seed=7)
     clean = open_reader(TileStore(s3_block), landmask=landmask()).sample_points(pts, YEAR)
-    assert (clean.status == "valid").sum() > 1000
+    assert (clean.status == "valid").sum() > 700
     budget = _budget(s3_block, pts, clean)
     proxy = proxied(0.1)
     faulty = open_reader(TileStore(s3_block), landmask=landmask()).sample_points(pts, YEAR)
@@ -85,18 +89,11 @@ def test_points_read_the_same_through_a_proxy_failing_one_request_in_ten(s3_bloc
     assert list(faulty.status) == list(clean.status)
     failed = proxy.counts["503"] + proxy.counts["drop"]
     assert failed > 0, proxy.counts
+    assert proxy.taken("GET", "list-type") == 0, "a point read lists nothing"
     served = proxy.taken("GET") - failed
     print(f"GETs answered {served}, budget {budget}, failed {failed}, all requests {len(proxy.requests)}")
     assert served <= budget, (served, budget, proxy.counts)
     assert len(proxy.requests) <= math.ceil(budget * 1.5), proxy.counts
-
-
-def test_a_point_read_lists_nothing(s3_block: str, proxied: Any) -> None:
-    proxy = proxied(0.0)
-    open_reader(TileStore(s3_block), landmask=landmask()).sample_points(points(200, seed=8), YEAR)
-    assert proxy.taken("GET", "list-type") == 0
-    assert proxy.taken("GET") > 0
-
 
 
 def _two_tile_store(url: str) -> TileStore:
@@ -128,23 +125,24 @@ def test_points_and_regions_read_over_plain_http_through_a_release(tmp_path: Pat
         assert not any(p.endswith("/") for p in paths) and not any("_commits" in p for p in paths)
 
 
-def test_points_read_from_a_public_bucket_without_credentials(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """AWS_NO_SIGN_REQUEST=YES against a bucket that grants public GET only: points read as with credentials."""
+def test_points_read_from_a_public_bucket_without_credentials(s3_block: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_NO_SIGN_REQUEST=YES against a bucket that grants public GET only: points and a region read as with
+    credentials, through current markers and through a release."""
     import json
 
     import boto3
 
-    bucket = "read-public"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    store = _two_tile_store(f"s3://{bucket}/store.zarr")
     pts = points(500, seed=10)
-    want = open_reader(store, landmask=landmask()).sample_points(pts, YEAR)
+    box = (17.80, 79.60, 17.86, 79.64)
+    want = open_reader(s3_block, landmask=landmask())
+    want_points, want_region = want.sample_points(pts, YEAR), want.read_region(box, YEAR).values
     public = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
                                                       "Action": ["s3:GetObject", "s3:HeadObject"],
-                                                      "Resource": f"arn:aws:s3:::{bucket}/*"}]}
-    boto3.client("s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(public))
+                                                      "Resource": "arn:aws:s3:::read-block/*"}]}
+    boto3.client("s3").put_bucket_policy(Bucket="read-block", Policy=json.dumps(public))
     monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
-    for reader in (open_reader(store.url, landmask=landmask()), open_reader(store.url, release="r1", landmask=landmask())):
+    for reader in (open_reader(s3_block, landmask=landmask()), open_reader(s3_block, release="r1", landmask=landmask())):
         got = reader.sample_points(pts, YEAR)
-        np.testing.assert_array_equal(got.embeddings, want.embeddings)
-        assert list(got.status) == list(want.status)
+        np.testing.assert_array_equal(got.embeddings, want_points.embeddings)
+        assert list(got.status) == list(want_points.status)
+        np.testing.assert_array_equal(reader.read_region(box, YEAR).values, want_region)

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 RECORD_FORMAT = "tessera-mosaic-shard/1"
 #: Inner chunks zarr encodes per batch when writing a shard (16,384 per array; batches cut its per-chunk overhead).
 ENCODE_BATCH = 512
-#: Rows of a shard projected back to lon/lat at a time when telling water from land (bounded memory).
-WATER_ROWS = 512
+#: Edge in pixels of the blocks whose corners are projected back to tell water from land.
+WATER_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -118,20 +118,36 @@ def zone_grids(refs: list[TileRef], landmask: LandMask) -> dict[int, ZoneGrid]:
     return grids
 
 
+def _cells(grid: ZoneGrid, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Cell id (ix * N_LAT + iy) of the cell holding each lattice pixel centre (-1 off the globe), by projecting back."""
+    x, y = lattice.pixel_centres(rows, cols)
+    lon, lat = lattice.unproject(x.ravel(), y.ravel(), grid.zone)
+    ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90)
+    ix, iy = index_from_point(np.where(ok, lon, 0.0), np.clip(np.where(ok, lat, 0.0), -90, 90))
+    return np.where(ok, ix * N_LAT + iy, -1).reshape(np.shape(rows))
+
+
 def _water(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> np.ndarray:
-    """True where a shard's pixel centre lies in a cell that is not land (pixel centres projected back, in row blocks)."""
-    water = np.zeros((SHARD_SIZE, SHARD_SIZE), bool)
-    cols = grid.col_offset + col0 + np.arange(SHARD_SIZE)
-    for start in range(0, SHARD_SIZE, WATER_ROWS):
-        rows = grid.row_offset + row0 + start + np.arange(WATER_ROWS)
-        x, y = lattice.pixel_centres(*np.meshgrid(rows, cols, indexing="ij"))
-        lon, lat = lattice.unproject(x.ravel(), y.ravel(), grid.zone)
-        ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90)
-        land = np.zeros(lon.shape, bool)
-        ix, iy = index_from_point(np.where(ok, lon, 0.0), np.clip(np.where(ok, lat, 0.0), -90, 90))
-        land[ok] = landmask.contains(ix, iy)[ok]
-        water[start:start + WATER_ROWS] = ~land.reshape(WATER_ROWS, SHARD_SIZE)
-    return water
+    """True where a shard's pixel centre lies in a cell that is not land.
+
+    Cells are projected back at the corners of 16 x 16-pixel blocks; a block whose four corners share a cell lies
+    in it (cell edges are straight at this scale), and only the pixels of blocks across an edge are projected
+    back one by one."""
+    step = WATER_BLOCK
+    n = SHARD_SIZE // step
+    edges = np.arange(n + 1) * step
+    corner = _cells(grid, *np.meshgrid(grid.row_offset + row0 + edges, grid.col_offset + col0 + edges, indexing="ij"))
+    ids = np.full((SHARD_SIZE, SHARD_SIZE), -1, np.int64)
+    same = (corner[:-1, :-1] == corner[1:, :-1]) & (corner[:-1, :-1] == corner[:-1, 1:]) & \
+        (corner[:-1, :-1] == corner[1:, 1:])
+    ids.reshape(n, step, n, step)[...] = np.where(same, corner[:-1, :-1], -1)[:, None, :, None]
+    mixed = np.repeat(np.repeat(~same, step, axis=0), step, axis=1)
+    r, c = np.nonzero(mixed)
+    ids[r, c] = _cells(grid, grid.row_offset + row0 + r, grid.col_offset + col0 + c)
+    on_globe = ids >= 0
+    land = np.zeros(ids.shape, bool)
+    land[on_globe] = landmask.contains(ids[on_globe] // N_LAT, ids[on_globe] % N_LAT)
+    return ~land
 
 
 def _all_land(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> bool:
