@@ -113,3 +113,35 @@ def test_a_reprocess_rewrites_only_its_shards_and_a_killed_build_resumes_to_the_
     shards = [k for k in scratch if "/c/" in k]
     assert shards and all(scratch[k] == updated[k] for k in shards)
     assert all(scratch[k] == first[k] for k in shards if k.startswith("utm33/"))
+
+
+def test_mosaic_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    """A bad zone list, or a store that is not there, costs one `error:` line, before Ray starts."""
+    base = [sys.executable, "-m", "tessera_pipeline.cli", "mosaic", "--year", str(YEAR), "--out", str(tmp_path / "z.zarr")]
+    bad_zone = subprocess.run([*base, "--store", str(tmp_path), "--zones", "30,61"], capture_output=True, text=True)
+    assert bad_zone.returncode == 2 and "UTM zones are 1 to 60" in bad_zone.stderr
+    assert len(bad_zone.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([*base, "--store", str(tmp_path / "nothing.zarr")], capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.startswith("error:") and "no store at" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "z.zarr").exists()
+
+
+def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """A zone grid is laid over its land mask's tiles once; a later tile outside it is an error naming the tile,
+    never a shard written at a wrong place."""
+    from tessera_pipeline.errors import PublishError
+    from tessera_pipeline.grid import tile_geometry
+    from tessera_pipeline.store import TileStore
+
+    store_dir, _zones = built
+    shutil.copytree(store_dir.parent / "store.zarr", tmp_path / "store.zarr")
+    shutil.copytree(store_dir.parent / "zones.zarr", tmp_path / "zones.zarr")
+    outside = "grid_15.05_40.05"
+    g = tile_geometry(outside)
+    TileStore(str(tmp_path / "store.zarr")).write_tile(YEAR, outside, np.full((16, 16, 128), 127, np.int8),
+                                                         np.full((16, 16), 0.01, np.float32), epsg=g.epsg,
+                                                         transform=g.transform, provenance={})
+    with pytest.raises(PublishError, match=outside):
+        run_mosaic(str(tmp_path / "store.zarr"), YEAR, str(tmp_path / "zones.zarr"), zones=[33],
+                   landmask=south_landmask())

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera_pipeline.errors import PublishError
 from tessera_pipeline.grid import N_LAT, index_from_point
 from tessera_pipeline.landmask import LandMask
 from tessera_pipeline.read import lattice
@@ -94,6 +95,9 @@ def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -
         grid = grids[zone]
         row0, col0 = lattice.tile_origin(ref.transform, ref.epsg)
         r0, c0 = row0 - grid.row_offset, col0 - grid.col_offset
+        if r0 < 0 or c0 < 0 or r0 + ref.height > grid.height or c0 + ref.width > grid.width:
+            raise PublishError(f"{ref.tile} lies outside the grid zone {zone} was laid out on (its land mask's tiles): "
+                               f"build that zone into a new store, with a land mask that includes the tile")
         for sr in range(r0 // SHARD_SIZE, (r0 + ref.height - 1) // SHARD_SIZE + 1):
             for sc in range(c0 // SHARD_SIZE, (c0 + ref.width - 1) // SHARD_SIZE + 1):
                 touching.setdefault((zone, sr, sc), []).append(ref)
