@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -11,11 +12,14 @@ import numpy as np
 from tessera_pipeline.cli.outputs import check_output_files
 from tessera_pipeline.errors import ArgumentError, StoreError
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 #: Accepted (longitude, latitude) column names, in order of preference.
 COLUMNS = (("lon", "lat"), ("longitude", "latitude"), ("x", "y"))
 
 
-def read_points(path: Path) -> tuple[np.ndarray, object]:
+def read_points(path: Path) -> tuple[np.ndarray, pa.Table]:
     """An (N, 2) lon/lat array from a CSV or Parquet file with lon/lat (or longitude/latitude) columns, and its table."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -75,12 +79,10 @@ def sample(store_url: str, points_path: Path, year: int, out: Path, release: str
                "embedding": pa.FixedSizeListArray.from_arrays(values, dims)}
     if quantised:
         columns["scale"] = pa.array(got.scales, pa.float32())
-    result = table  # type: ignore[assignment]
+    result = table.drop_columns([name for name in columns if name in table.column_names])
     for name, column in columns.items():
-        if name in result.column_names:  # type: ignore[attr-defined]
-            result = result.drop_columns([name])  # type: ignore[attr-defined]
-        result = result.append_column(name, column)  # type: ignore[attr-defined]
-    pq.write_table(result, out)  # type: ignore[arg-type]
+        result = result.append_column(name, column)
+    pq.write_table(result, out)
     counts = got.counts()
     if as_json:
         click.echo(json.dumps({"points": len(xy), "out": str(out), "year": year, "statuses": counts}))

@@ -27,7 +27,7 @@ from tessera_pipeline.landmask import LandMask
 from tessera_pipeline.read import lattice
 from tessera_pipeline.read.index import TileRef
 from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
-from tessera_pipeline.read.tiles import TileReader, valid_scale
+from tessera_pipeline.read.tiles import VersionReader, valid_scale
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,10 @@ def record_bytes(job: ShardJob) -> bytes:
                        "tiles": job.wanted}, sort_keys=True, indent=1).encode()
 
 
-def _order(ref: TileRef) -> tuple[float, float]:
-    """Overlay order: (lon, lat) of the tile centre."""
-    from tessera_pipeline.grid import parse_tile_name
-
-    return parse_tile_name(ref.tile)
-
-
 def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -> list[ShardJob]:
     """Every shard the tiles touch, with the tiles overlapping it (in (lon, lat) order)."""
     touching: dict[tuple[int, int, int], list[TileRef]] = {}
-    for ref in sorted(refs, key=_order):
+    for ref in sorted(refs, key=lambda r: r.overlay_order):
         zone = lattice.zone_of_epsg(ref.epsg)
         grid = grids[zone]
         row0, col0 = lattice.tile_origin(ref.transform, ref.epsg)
@@ -168,7 +161,7 @@ def _all_land(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> bool:
     return bool(landmask.contains(gx, gy).all())
 
 
-def build_shard(job: ShardJob, grid: ZoneGrid, reader: TileReader, landmask: LandMask) -> tuple[np.ndarray, np.ndarray]:
+def build_shard(job: ShardJob, grid: ZoneGrid, reader: VersionReader, landmask: LandMask) -> tuple[np.ndarray, np.ndarray]:
     """The shard's (128, 4096, 4096) int8 embeddings and (4096, 4096) scales."""
     row0, col0 = job.row * SHARD_SIZE, job.col * SHARD_SIZE
     emb = np.zeros((128, SHARD_SIZE, SHARD_SIZE), np.int8)
@@ -213,11 +206,8 @@ def write_shard(group: Any, time_index: int, job: ShardJob, emb: np.ndarray, sca
 
 
 def stale(jobs: list[ShardJob], records: Callable[[ShardJob], bytes | None]) -> list[ShardJob]:
-    """The shards whose record is missing or names other tile versions than wanted."""
-    out = []
-    for job in jobs:
-        raw = records(job)
-        held = json.loads(raw).get("tiles") if raw else None
-        if held != job.wanted:
-            out.append(job)
-    return out
+    """The shards whose record is missing or names other tile versions than wanted (records read side by side)."""
+    from tessera_pipeline.store.listing import parallel_map
+
+    held = [json.loads(raw).get("tiles") if raw else None for raw in parallel_map(records, jobs)]
+    return [job for job, tiles in zip(jobs, held) if tiles != job.wanted]

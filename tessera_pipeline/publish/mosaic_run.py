@@ -106,7 +106,7 @@ def _build_one(job: mosaic.ShardJob, grid: ZoneGrid, time_index: int, store_url:
     """Build and write one shard, then its record (the record last: a killed build is redone)."""
     import zarr
 
-    from tessera_pipeline.read.tiles import TileReader
+    from tessera_pipeline.read.tiles import VersionReader
     from tessera_pipeline.store import TileStore
     from tessera_pipeline.store.backend import open_backend
 
@@ -114,7 +114,7 @@ def _build_one(job: mosaic.ShardJob, grid: ZoneGrid, time_index: int, store_url:
     state = open_backend(out_url + STATE_SUFFIX)
     key = mosaic.record_key(job)
     state.delete(key)
-    emb, scales = mosaic.build_shard(job, grid, TileReader(store.backend, store.url), landmask)
+    emb, scales = mosaic.build_shard(job, grid, VersionReader(store.backend, store.url), landmask)
     out = open_backend(out_url)
     group = zarr.open_group(out.zarr_store(zone_store.group_name(job.zone)), mode="r+", zarr_format=3)
     mosaic.write_shard(group, time_index, job, emb, scales)

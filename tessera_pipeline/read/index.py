@@ -34,6 +34,13 @@ class TileRef:
     width: int
     scales_sha256: str | None
 
+    @property
+    def overlay_order(self) -> tuple[float, float]:
+        """Where the tile falls in the overlap rule: its centre (lon, lat); a later tile wins where it has data."""
+        from tessera_pipeline.grid import parse_tile_name
+
+        return parse_tile_name(self.tile)
+
     @classmethod
     def from_marker(cls, year: int, tile: str, marker: Mapping[str, Any]) -> TileRef:
         """The reference a commit marker (docs/formats.md section 5) names."""

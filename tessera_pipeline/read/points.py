@@ -18,7 +18,7 @@ from tessera_pipeline.grid import N_LAT, N_LON, index_from_point, names_from_ind
 from tessera_pipeline.landmask import LandMask
 from tessera_pipeline.read import lattice
 from tessera_pipeline.read.index import TileRef
-from tessera_pipeline.read.tiles import TileReader, dequantise, valid_scale
+from tessera_pipeline.read.tiles import VersionReader, dequantise, valid_scale
 
 VALID = "valid"
 WATER = "water"
@@ -80,7 +80,7 @@ class _Winners:
         self.refs: list[TileRef] = []
 
 
-def _overlay(lookup: Lookup, reader: TileReader, lon: np.ndarray, lat: np.ndarray, zone: np.ndarray, pts: np.ndarray,
+def _overlay(lookup: Lookup, reader: VersionReader, lon: np.ndarray, lat: np.ndarray, zone: np.ndarray, pts: np.ndarray,
              won: _Winners) -> set[int]:
     """Give each point in `pts` the pixel of the tile later in (lon, lat) order with data there, on `zone`'s lattice.
 
@@ -117,7 +117,7 @@ def _overlay(lookup: Lookup, reader: TileReader, lon: np.ndarray, lat: np.ndarra
     return {int(wanted[k]) for k, name in enumerate(names) if name in found}
 
 
-def sample(lookup: Lookup, reader: TileReader, landmask: LandMask, lon: np.ndarray, lat: np.ndarray, *,
+def sample(lookup: Lookup, reader: VersionReader, landmask: LandMask, lon: np.ndarray, lat: np.ndarray, *,
            dequantised: bool = True) -> PointSamples:
     """Embeddings and statuses at points (lon, lat arrays in degrees, WGS84)."""
     lon, lat = np.asarray(lon, np.float64).ravel(), np.asarray(lat, np.float64).ravel()
@@ -138,22 +138,22 @@ def sample(lookup: Lookup, reader: TileReader, landmask: LandMask, lon: np.ndarr
         land = landmask.contains(ix, iy)
         codes[where] = np.where(own, _CODE[NO_OBSERVATIONS], np.where(land, _CODE[PENDING], _CODE[WATER]))
     codes[won.tile >= 0] = _CODE[VALID]
-    return _gather(reader, won.refs, won.tile, won.rc, lon, lat, codes, dequantised)
+    return _gather(reader, won, lon, lat, codes, dequantised)
 
 
-def _gather(reader: TileReader, refs: list[TileRef], winner: np.ndarray, win_rc: np.ndarray, lon: np.ndarray,
-            lat: np.ndarray, codes: np.ndarray, dequantised: bool) -> PointSamples:
+def _gather(reader: VersionReader, won: _Winners, lon: np.ndarray, lat: np.ndarray, codes: np.ndarray,
+            dequantised: bool) -> PointSamples:
     """Read the winning pixels' embeddings, tile by tile, into the result arrays."""
     n = len(lon)
     q = np.zeros((n, 128), np.int8)
     scales = np.full(n, np.nan, np.float32)
     tiles = np.full(n, "", dtype=object)
     versions = np.full(n, "", dtype=object)
-    for k, ref in enumerate(refs):
-        pts = np.flatnonzero(winner == k)
+    for k, ref in enumerate(won.refs):
+        pts = np.flatnonzero(won.tile == k)
         if not len(pts):
             continue
-        r, c = win_rc[pts, 0], win_rc[pts, 1]
+        r, c = won.rc[pts, 0], won.rc[pts, 1]
         q[pts] = reader.embeddings_at(ref, r, c)
         scales[pts] = reader.scales(ref)[r, c]
         tiles[pts] = ref.tile

@@ -14,7 +14,7 @@ from tessera_pipeline.landmask import LandMask, load_landmask
 from tessera_pipeline.read import lattice, region
 from tessera_pipeline.read.index import MarkerIndex, TableIndex, TileIndex, TileRef
 from tessera_pipeline.read.points import PointSamples, sample
-from tessera_pipeline.read.tiles import TileReader
+from tessera_pipeline.read.tiles import VersionReader
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -54,7 +54,7 @@ class Reader:
         else:
             self.index = MarkerIndex(self.store)
         self._landmask = landmask
-        self.tiles = TileReader(self.store.backend, self.store.url)
+        self.tiles = VersionReader(self.store.backend, self.store.url)
 
     @property
     def landmask(self) -> LandMask:
@@ -85,7 +85,7 @@ class Reader:
                 if not self.index.moving or attempt == MOVED_RETRIES:
                     raise
                 log.info("a tile changed during a read of %s (%s); reading again", self.index.source, exc)
-                self.tiles = TileReader(self.store.backend, self.store.url)
+                self.tiles = VersionReader(self.store.backend, self.store.url)
         raise AssertionError("unreachable")
 
     def sample_points(self, points: Sequence[tuple[float, float]] | np.ndarray, year: int, *,
@@ -126,17 +126,13 @@ class Reader:
         row0, col0, height, width = region.zone_window(bbox, zone)
         lookup = self._lookup(year)
         names = region.cells_around(bbox, zone)
-        found = lookup(names, False)
-        placed = [region.Placed(ref, *lattice.tile_origin(ref.transform, ref.epsg)) for ref in
-                  sorted(found.values(), key=lambda r: _lonlat(r.tile))]
+        placed = region.placed(lookup(names, False).values())
         mosaic = region.ZoneMosaic(self.tiles, placed, row0, col0, height, width)
 
         def read(rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
             def once(fresh: bool) -> tuple[np.ndarray, np.ndarray]:
                 if fresh:
-                    again = lookup(names, True)
-                    mosaic.placed = [region.Placed(ref, *lattice.tile_origin(ref.transform, ref.epsg)) for ref in
-                                     sorted(again.values(), key=lambda r: _lonlat(r.tile))]
+                    mosaic.placed = region.placed(lookup(names, True).values())
                     mosaic.reader = self.tiles
                 return mosaic.read(rows, cols)
 
@@ -188,13 +184,6 @@ class Reader:
                            attrs={**attrs, "tessera:source": self.index.source, "tessera:year": year,
                                   "tessera:dequantised": kind == "dequantised"})
         return out.rio.write_crs(crs)
-
-
-def _lonlat(tile: str) -> tuple[float, float]:
-    """A tile's centre (lon, lat): the overlap order."""
-    from tessera_pipeline.grid import parse_tile_name
-
-    return parse_tile_name(tile)
 
 
 def open_reader(store: str | TileStore, *, release: str | None = None, manifest: str | Path | None = None,

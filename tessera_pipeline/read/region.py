@@ -10,7 +10,7 @@ Chunks are computed on demand, so a region of any size is read in bounded memory
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from tessera_pipeline.grid import CELLS_PER_DEGREE, N_LAT, PIXEL_SIZE, index_fro
 from tessera_pipeline.read import lattice
 from tessera_pipeline.read.index import TileRef
 from tessera_pipeline.read.points import PointSamples
-from tessera_pipeline.read.tiles import TileReader, dequantise, valid_scale
+from tessera_pipeline.read.tiles import VersionReader, dequantise, valid_scale
 
 #: Default chunk edge in pixels: 512 x 512 x 128 float32 is 128 MB.
 CHUNK = 512
@@ -73,6 +73,11 @@ class Placed:
         return self.col0 + self.ref.width
 
 
+def placed(refs: Iterable[TileRef]) -> list[Placed]:
+    """Tile versions on the zone lattice, in overlay order (a later one wins where it has data)."""
+    return [Placed(ref, *lattice.tile_origin(ref.transform, ref.epsg)) for ref in sorted(refs, key=lambda r: r.overlay_order)]
+
+
 def cells_around(bbox: Bbox, zone: int) -> list[str]:
     """Names of the cells of `zone` a box touches, and one cell around (their rasters reach into the box)."""
     west, south, east, north = bbox
@@ -88,7 +93,7 @@ def cells_around(bbox: Bbox, zone: int) -> list[str]:
 class ZoneMosaic:
     """Lazily composited pixels of a zone lattice window: `[rows, cols]` slices give int8 (h, w, 128) and scales."""
 
-    def __init__(self, reader: TileReader, placed: list[Placed], row0: int, col0: int, height: int, width: int) -> None:
+    def __init__(self, reader: VersionReader, placed: list[Placed], row0: int, col0: int, height: int, width: int) -> None:
         self.reader = reader
         self.placed = placed
         self.row0, self.col0 = row0, col0

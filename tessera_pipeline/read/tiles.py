@@ -42,7 +42,7 @@ def dequantise(embeddings: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-class TileReader:
+class VersionReader:
     """Reads tile versions of one store backend; opened groups and verified scales are kept (bounded)."""
 
     def __init__(self, backend: Backend, url: str) -> None:
