@@ -71,6 +71,11 @@ def physical_cores(allowed: set[int] | None = None) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=1)
+def gpu_class(device_name: str) -> str:
+    """A GPU's hardware class from its CUDA device name: "NVIDIA H200" -> "cuda-H200", "Tesla T4" -> "cuda-T4"."""
+    return "cuda-" + device_name.replace("NVIDIA ", "").replace("Tesla ", "").split()[0]
+
+
 def detect(device: str = "auto") -> HardwareInfo:
     """Describe the hardware a worker would use for `device` ("auto", "cpu" or "cuda[:n]")."""
     flags, model = _cpu_flags_and_model()
@@ -80,8 +85,7 @@ def detect(device: str = "auto") -> HardwareInfo:
         index = torch.device(device if device.startswith("cuda") else "cuda").index or 0
         name = torch.cuda.get_device_name(index)
         cap = torch.cuda.get_device_capability(index)
-        short = name.replace("NVIDIA ", "").replace("Tesla ", "").split()[0]
-        return HardwareInfo(f"cuda-{short}", f"cuda:{index}", model, flags, os.cpu_count() or 1, cores, name, cap)
+        return HardwareInfo(gpu_class(name), f"cuda:{index}", model, flags, os.cpu_count() or 1, cores, name, cap)
     if "amx_bf16" in flags:
         kind = "cpu-amx"
     elif "avx512_bf16" in flags:

@@ -7,6 +7,13 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
+
+# The GPU path's Triton kernels run in Triton's CPU interpreter where there is no GPU (tests/test_fused_kernels.py).
+# The switch is read when Triton is first imported; on a CPU nothing uses Triton unless a test asks for it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from s3server import TEST_CREDENTIALS, create_bucket, moto_server
 
 

@@ -15,26 +15,10 @@ from tessera_pipeline.encode import prepare
 from tessera_pipeline.encode.normalisation import V1_0, V1_1
 from tessera_pipeline.inputs.dpixel import open_tile
 from tessera_pipeline.model import load_model
+from golden_support import assert_int8_matches, assert_scales_match
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 CASES = json.loads((GOLDEN / "cases.json").read_text())
-
-
-def assert_int8_matches(got: np.ndarray, expected: np.ndarray) -> None:
-    """Golden README section 4: >= 99.9 % identical and never off by more than one."""
-    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-    assert got.dtype == np.int8 and got.shape == expected.shape
-    assert diff.max() <= 1
-    assert (diff == 0).mean() >= 0.999
-
-
-def assert_scales_match(got: np.ndarray, expected: np.ndarray) -> None:
-    """Scales within 1e-5 relative; pixels upstream skipped stay exactly 0."""
-    assert got.dtype == np.float32 and got.shape == expected.shape
-    skipped = expected == 0
-    assert np.array_equal(got[skipped], expected[skipped])
-    rel = np.abs(got[~skipped] - expected[~skipped]) / expected[~skipped]
-    assert rel.max() <= 1e-5
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

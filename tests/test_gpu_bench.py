@@ -77,3 +77,10 @@ def test_bench_refuses_a_bad_device_and_cuda_without_a_gpu() -> None:
 def test_rival_copy_has_its_config_next_to_the_script() -> None:
     script = gpu_bench.find_upstream_script(RIVAL)
     assert (script.parent.parent / "configs" / "v1_1_infer_config.py").is_file()
+
+
+def test_datasheet_peak_is_found_by_the_cards_name() -> None:
+    assert gpu_bench.datasheet_tflops("NVIDIA H200", "bf16") == 989
+    assert gpu_bench.datasheet_tflops("Tesla T4", "fp16") == 65
+    assert gpu_bench.datasheet_tflops("Tesla T4", "bf16") is None
+    assert gpu_bench.datasheet_tflops("Some Future GPU", "bf16") is None

@@ -3,11 +3,14 @@
 One synthetic tile in upstream's d-pixel layout and a real-size RANDOM-weight v1.1 checkpoint in
 upstream's format are written to a work directory; then, on the same GPU in the same run:
 
-- the card's GEMM peaks in bf16, fp16, fp32 and tf32 (random operands, CUDA events, best shape);
+- the card's GEMM peaks in bf16, fp16, fp32 and tf32 (random operands, CUDA events, best of a sweep of
+  large and model shapes, after a warm-up long enough to reach steady clocks), and its datasheet dense
+  peak (from the built-in plan profiles), so MFU is reported against both;
 - our first tile in a fresh process (`python -m tessera_pipeline.bench.gpu_bench first-tile ...`,
   timed as a whole and by phase) and our steady state (one encoder encoding the tile again and again);
 - quality per precision against fp32 on a smaller tile (int8 exact / off by one / worse, cosine,
   pixels with a non-finite scale), and fp32's own speed there;
+- where the Triton kernels ran, the same steady state without them (the A/B of `model.fused_kernels`);
 - with `upstream`, upstream's `infer_v1_1.py` run as its users run it (one process for the tile,
   its config's defaults) on the same tile, timed as a whole, and its int8 output compared with ours.
 
@@ -37,9 +40,11 @@ from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
 
-#: (M, K, N) shapes for the GEMM peak: a large square and the v1.1 forward's own GEMMs at 131k tokens.
+#: (M, K, N) shapes for the GEMM peak: large squares and the v1.1 forward's own GEMMs at 131k tokens.
 GPU_PEAK_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (4096, 4096, 4096),
     (8192, 8192, 8192),
+    (16384, 16384, 16384),
     (131072, 768, 2304),
     (131072, 768, 2048),
     (131072, 2048, 768),
@@ -84,10 +89,15 @@ def gemm_tflops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device
 
 
 def gemm_peaks(device: torch.device, seconds: float = 0.25,
-               shapes: tuple[tuple[int, int, int], ...] = GPU_PEAK_SHAPES) -> dict[str, dict[str, float]]:
-    """Per dtype: TFLOP/s of every shape and the best ("peak"). tf32 = fp32 with TF32 allowed."""
+               shapes: tuple[tuple[int, int, int], ...] = GPU_PEAK_SHAPES, warm_seconds: float = 0.0) -> dict[str, dict[str, float]]:
+    """Per dtype: TFLOP/s of every shape and the best ("peak"). tf32 = fp32 with TF32 allowed.
+
+    `warm_seconds` of bf16 GEMMs run first, so the sweep starts at the clocks a long encode runs at.
+    """
     saved = torch.backends.cuda.matmul.allow_tf32
     out: dict[str, dict[str, float]] = {}
+    if warm_seconds > 0:
+        gemm_tflops(*shapes[0], torch.bfloat16, device, warm_seconds)
     try:
         for name, dtype in PEAK_DTYPES.items():
             torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
@@ -115,19 +125,32 @@ def prepare_inputs(workdir: Path, size: tuple[int, int], seed: int = 0, workers:
     return ckpt, tile_dir
 
 
-def _tile_figures(encoded: EncodedTile, seconds: float, peak: float | None) -> dict[str, float]:
-    """px/s, useful TFLOP/s and MFU of one encode."""
+def datasheet_tflops(device_name: str, precision: Precision) -> float | None:
+    """The card's datasheet dense peak for `precision`, from the built-in plan profile of its class (None if unknown)."""
+    from tessera_pipeline.hardware import gpu_class
+    from tessera_pipeline.plan.profiles import builtin_profiles
+
+    hw_class = gpu_class(device_name)
+    for profile in builtin_profiles():
+        if profile.hw_class == hw_class and profile.datasheet is not None:
+            return profile.datasheet.peak_tflops.get(precision)
+    return None
+
+
+def _tile_figures(encoded: EncodedTile, seconds: float, peak: float | None, datasheet: float | None = None) -> dict[str, float]:
+    """px/s, useful TFLOP/s and MFU of one encode, against the measured GEMM peak and the datasheet peak."""
     tflops = encoded.stats.flops / max(seconds, 1e-9) / 1e12
     return {
         "seconds": seconds,
         "px_per_s": encoded.stats.pixels / max(seconds, 1e-9),
         "tflops": tflops,
         "mfu": tflops / peak if peak else float("nan"),
+        "mfu_datasheet": tflops / datasheet if datasheet else float("nan"),
     }
 
 
 def first_tile_in_fresh_process(checkpoint: Path, tile_dir: Path, *, precision: Precision, device: str,
-                                batch_size: int | None, cuda_graphs: bool = False) -> dict[str, Any]:
+                                batch_size: int | None, cuda_graphs: bool = False, fused_kernels: bool | None = None) -> dict[str, Any]:
     """Run `first-tile` in a new Python process; its phases plus the wall time of the whole process."""
     cmd = [sys.executable, "-m", "tessera_pipeline.bench.gpu_bench", "first-tile", "--checkpoint", str(checkpoint),
            "--tile", str(tile_dir), "--precision", precision, "--device", device]
@@ -135,6 +158,8 @@ def first_tile_in_fresh_process(checkpoint: Path, tile_dir: Path, *, precision: 
         cmd += ["--batch-size", str(batch_size)]
     if cuda_graphs:
         cmd.append("--cuda-graphs")
+    if fused_kernels is False:
+        cmd.append("--no-triton-kernels")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -157,35 +182,40 @@ def _first_tile_main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--no-triton-kernels", action="store_true")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     encoder, hw = build_encoder(args.checkpoint, precision=args.precision, device=args.device, batch_size=args.batch_size,
-                                cuda_graphs=args.cuda_graphs)
+                                cuda_graphs=args.cuda_graphs, fused_kernels=False if args.no_triton_kernels else None)
     t1 = time.perf_counter()
     tile = open_tile(args.tile)
     t2 = time.perf_counter()
     encoded = encoder.encode(tile)
     t3 = time.perf_counter()
     print(json.dumps({"build_encoder_s": t1 - t0, "open_tile_s": t2 - t1, "encode_s": t3 - t2, "flops": encoded.stats.flops,
-                      "pixels": encoded.stats.pixels, "device": hw.gpu_name or hw.kind}))
+                      "pixels": encoded.stats.pixels, "device": hw.gpu_name or hw.kind, "triton_kernels": encoder.triton_kernels}))
 
 
 def steady_state(checkpoint: Path, tile_dir: Path, *, precision: Precision, device: str, batch_size: int | None,
-                 tiles: int, cuda_graphs: bool = False, say: Callable[[str], None] = log.info) -> tuple[list[EncodedTile], list[float]]:
-    """Encode the tile `tiles` times with one encoder; every encode and its wall time."""
+                 tiles: int, cuda_graphs: bool = False, fused_kernels: bool | None = None,
+                 say: Callable[[str], None] = log.info) -> tuple[list[EncodedTile], list[float], bool]:
+    """Encode the tile `tiles` times with one encoder; every encode, its wall time, and whether Triton kernels ran."""
     from tessera_pipeline.encode.setup import build_encoder
     from tessera_pipeline.inputs.dpixel import open_tile
 
-    encoder, _ = build_encoder(str(checkpoint), precision=precision, device=device, batch_size=batch_size, cuda_graphs=cuda_graphs)
+    encoder, _ = build_encoder(str(checkpoint), precision=precision, device=device, batch_size=batch_size, cuda_graphs=cuda_graphs,
+                               fused_kernels=fused_kernels)
+    triton = encoder.triton_kernels
     tile = open_tile(tile_dir)
     runs, times = [], []
+    label = f"{precision}{' graphs' if cuda_graphs else ''}{'' if triton else ' (no Triton kernels)'}"
     for i in range(tiles):
         t0 = time.perf_counter()
         runs.append(encoder.encode(tile))
         times.append(time.perf_counter() - t0)
-        say(f"{precision}{' graphs' if cuda_graphs else ''}: tile {i + 1}/{tiles} in {times[-1]:.2f} s")
+        say(f"{label}: tile {i + 1}/{tiles} in {times[-1]:.2f} s")
     _release(encoder)
-    return runs, times
+    return runs, times, triton
 
 
 def _release(encoder: TileEncoder) -> None:
@@ -197,7 +227,7 @@ def _release(encoder: TileEncoder) -> None:
 
 
 def quality_per_precision(checkpoint: Path, size: tuple[int, int], *, device: str, precisions: tuple[Precision, ...],
-                          batch_size: int, peaks: dict[str, dict[str, float]], seed: int = 1,
+                          batch_size: int, peaks: dict[str, dict[str, float]], seed: int = 1, fused_kernels: bool | None = None,
                           say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Encode a synthetic tile in fp32 and each precision; agreement with fp32 and each precision's speed."""
     from tessera_pipeline.encode.setup import build_encoder
@@ -208,7 +238,8 @@ def quality_per_precision(checkpoint: Path, size: tuple[int, int], *, device: st
     encoded: dict[str, EncodedTile] = {}
     out: dict[str, Any] = {"size": list(size), "batch_size": batch_size}
     for precision in ("fp32", *[p for p in precisions if p != "fp32"]):
-        encoder, _ = build_encoder(str(checkpoint), precision=precision, device=device, batch_size=batch_size)  # type: ignore[arg-type]
+        encoder, _ = build_encoder(str(checkpoint), precision=precision, device=device, batch_size=batch_size,  # type: ignore[arg-type]
+                                   fused_kernels=fused_kernels)
         t0 = time.perf_counter()
         encoded[precision] = encoder.encode(tile)
         seconds = time.perf_counter() - t0
@@ -273,8 +304,11 @@ def run_gpu_bench(
     quality_batch_size: int = 512,
     upstream: Path | None = None,
     cuda_graphs: bool = False,
-    peak_seconds: float = 0.25,
+    peak_seconds: float = 0.5,
+    peak_warm_seconds: float = 3.0,
     peak_shapes: tuple[tuple[int, int, int], ...] = GPU_PEAK_SHAPES,
+    fused_ab: bool = True,
+    fused_kernels: bool | None = None,
     say: Callable[[str], None] = log.info,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -296,29 +330,48 @@ def run_gpu_bench(
     say("writing the checkpoint and the synthetic tile")
     ckpt, tile_dir = prepare_inputs(workdir, size)
     say("GEMM peaks")
-    peaks = gemm_peaks(dev, peak_seconds, peak_shapes)
+    peaks = gemm_peaks(dev, peak_seconds, peak_shapes, warm_seconds=peak_warm_seconds if cuda else 0.0)
     report["gemm_peak_tflops"] = peaks
     peak = peaks[precision]["peak"]
+    sheet = datasheet_tflops(report["device"], precision) if cuda else None
+    report["datasheet_peak_tflops"] = sheet
     done(report)
-    say("peaks (TFLOP/s): " + ", ".join(f"{name} {figures['peak']:.1f}" for name, figures in peaks.items()))
+    say("peaks (TFLOP/s): " + ", ".join(f"{name} {figures['peak']:.1f}" for name, figures in peaks.items())
+        + f"; datasheet {precision} {sheet}")
 
     say("our first tile in a fresh process")
-    first = first_tile_in_fresh_process(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size)
-    first.update({k: v for k, v in _figures(first["flops"], first["pixels"], first["encode_s"], peak).items()})
+    first = first_tile_in_fresh_process(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size,
+                                        fused_kernels=fused_kernels)
+    first.update({k: v for k, v in _figures(first["flops"], first["pixels"], first["encode_s"], peak, sheet).items()})
     first["px_per_s_whole_process"] = first["pixels"] / first["process_wall_s"]
     report["first_tile"] = first
     say(f"first tile: encode {first['encode_s']:.2f} s, whole process {first['process_wall_s']:.2f} s")
     done(report)
 
-    runs, times = steady_state(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size, tiles=steady_tiles, say=say)
+    runs, times, triton = steady_state(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size, tiles=steady_tiles,
+                                       fused_kernels=fused_kernels, say=say)
     steady_s = float(np.median(times[1:] if len(times) > 1 else times))
-    steady = _tile_figures(runs[-1], steady_s, peak)
+    steady = _tile_figures(runs[-1], steady_s, peak, sheet)
+    report["triton_kernels"] = triton
     report["steady"] = {**steady, "tile_seconds": times, "encode_stats": _stats(runs[-1])}
     report["first_over_steady_px_per_s"] = first["px_per_s"] / steady["px_per_s"]
     ours = runs[-1]
     del runs
-    say(f"steady state: {steady_s:.2f} s a tile ({steady['tflops']:.0f} TFLOP/s, MFU {steady['mfu']:.2f})")
+    say(f"steady state: {steady_s:.2f} s a tile ({steady['tflops']:.0f} TFLOP/s, MFU {steady['mfu']:.2f}, "
+        f"datasheet {steady['mfu_datasheet']:.2f})")
     done(report)
+
+    if fused_ab and triton:
+        plain_runs, plain_times, _ = steady_state(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size,
+                                                  tiles=2, fused_kernels=False, say=say)
+        plain = _tile_figures(plain_runs[-1], plain_times[-1], peak, sheet)
+        report["without_triton_kernels"] = {
+            **plain, "tile_seconds": plain_times, "triton_speedup": plain["seconds"] / steady_s,
+            "triton_vs_plain": compare(plain_runs[-1].embeddings, plain_runs[-1].scales, ours.embeddings, ours.scales).model_dump(),
+        }
+        del plain_runs
+        say(f"without Triton kernels: {plain['seconds']:.2f} s a tile ({report['without_triton_kernels']['triton_speedup']:.2f}x slower)")
+        done(report)
 
     if upstream is not None:
         say("upstream infer_v1_1.py, one process for the tile, its defaults")
@@ -336,15 +389,15 @@ def run_gpu_bench(
 
     if quality_size:
         report["quality"] = quality_per_precision(ckpt, quality_size, device=device, precisions=quality_precisions,
-                                                  batch_size=quality_batch_size, peaks=peaks, say=say)
+                                                  batch_size=quality_batch_size, peaks=peaks, fused_kernels=fused_kernels, say=say)
         done(report)
 
     if cuda_graphs:
-        graph_runs, graph_times = steady_state(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size,
-                                               tiles=2, cuda_graphs=True, say=say)
+        graph_runs, graph_times, _ = steady_state(ckpt, tile_dir, precision=precision, device=device, batch_size=batch_size,
+                                                  tiles=2, cuda_graphs=True, fused_kernels=fused_kernels, say=say)
         report["cuda_graphs"] = {
             "tile_seconds": graph_times,
-            "steady": _tile_figures(graph_runs[-1], graph_times[-1], peak),
+            "steady": _tile_figures(graph_runs[-1], graph_times[-1], peak, sheet),
             "same_bytes_as_eager": bool(np.array_equal(graph_runs[-1].embeddings, ours.embeddings)),
         }
         del graph_runs
@@ -352,9 +405,10 @@ def run_gpu_bench(
     return report
 
 
-def _figures(flops: float, pixels: int, seconds: float, peak: float) -> dict[str, float]:
+def _figures(flops: float, pixels: int, seconds: float, peak: float, datasheet: float | None) -> dict[str, float]:
     tflops = flops / max(seconds, 1e-9) / 1e12
-    return {"px_per_s": pixels / max(seconds, 1e-9), "tflops": tflops, "mfu": tflops / peak}
+    return {"px_per_s": pixels / max(seconds, 1e-9), "tflops": tflops, "mfu": tflops / peak,
+            "mfu_datasheet": tflops / datasheet if datasheet else float("nan")}
 
 
 def _stats(encoded: EncodedTile) -> dict[str, Any]:

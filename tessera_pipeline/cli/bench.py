@@ -42,6 +42,9 @@ from tessera_pipeline.inputs.synthetic import parse_size
 @click.option("--quality-size", default="256x256", show_default=True, callback=size_callback,
               help="GPU: size of the tile on which each precision is compared with fp32.")
 @click.option("--cuda-graphs", is_flag=True, help="GPU: also time the steady state with CUDA graphs per pack shape.")
+@click.option("--triton-kernels/--no-triton-kernels", "triton_kernels", default=True, show_default=True,
+              help="GPU: fused Triton kernels for residual + LayerNorm and the GRU steps (where Triton is installed); "
+                   "with them, the steady state is also timed without them.")
 @click.option("--calibrate", is_flag=True,
               help="Instead: time one `run` actor here and write a `plan` profile (--out, --name, --price).")
 @click.option("--out", "profile_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -55,7 +58,7 @@ def bench(model_version: str, size: str | None, precisions: tuple[str, ...], bat
           peak_seconds: float, segments: int, with_store: bool, as_json: bool, calibrate: bool,
           profile_out: Path | None, profile_name: str | None, usd_per_hour: float | None,
           usd_per_hour_spot: float | None, device: str, upstream: Path | None, workdir: Path | None,
-          steady_tiles: int, quality_size: str, cuda_graphs: bool) -> None:
+          steady_tiles: int, quality_size: str, cuda_graphs: bool, triton_kernels: bool) -> None:
     """Benchmark the encoder on a synthetic tile with a real-size RANDOM-WEIGHT model.
 
     Reports ms/pixel, useful GFLOP/s, this machine's matmul peak sampled during the same run (mean of
@@ -66,7 +69,7 @@ def bench(model_version: str, size: str | None, precisions: tuple[str, ...], bat
         from tessera_pipeline.cli.bench_gpu import gpu_bench
 
         gpu_bench(device, size or "1126x690", precisions, batch_size, upstream, workdir, steady_tiles, quality_size,
-                  cuda_graphs, as_json)
+                  cuda_graphs, as_json, triton_kernels)
         return
     size = size or "64x64"
     batch_size = batch_size or 256

@@ -60,6 +60,8 @@ class EncodeSettings:
     `"fixed"` runs fixed-shape packs with device-side inputs (the accelerator path), optionally
     replayed as CUDA graphs (`cuda_graphs`), streaming the tile through the device in blocks sized to
     keep its memory within `device_budget` bytes (None: the whole tile resident; same bytes either way).
+    `fused_kernels` runs the fixed path's residual + LayerNorm and GRU steps as Triton kernels
+    (`model.fused_kernels`; None: wherever Triton runs, i.e. on CUDA devices with Triton installed).
     """
 
     precision: Precision = "fp32"
@@ -71,6 +73,7 @@ class EncodeSettings:
     kernels: Kernels = "packed"
     cuda_graphs: bool = False
     device_budget: int | None = DEVICE_MEMORY_BUDGET
+    fused_kernels: bool | None = None
 
 
 def pack_slices(sorted_lengths: np.ndarray, token_budget: int) -> list[slice]:
@@ -113,7 +116,7 @@ class TileEncoder:
             self._engine = FixedShapeEngine(
                 loaded, dtype=dtype, device=self.device, norm=self.norm, token_budget=self.settings.batch_size * TOKENS_PER_PIXEL,
                 chunk_pixels=self.settings.chunk_pixels, seed=self.settings.seed, cuda_graphs=self.settings.cuda_graphs,
-                budget=self.settings.device_budget,
+                budget=self.settings.device_budget, fused=self.settings.fused_kernels,
             )
         self._empty: dict[Stream, torch.Tensor] = {}
 
@@ -121,6 +124,11 @@ class TileEncoder:
     def uses_fused_kernels(self) -> bool:
         """Whether linears run through oneDNN's fused ops (packed kernels on a CPU build that has them)."""
         return bool(self._packed) and self._packed["s2"].fused
+
+    @property
+    def triton_kernels(self) -> bool:
+        """Whether the fixed path runs residual + LayerNorm and the GRU steps as Triton kernels."""
+        return self._engine is not None and self._engine.backbones["s2"].fused
 
     def autocast(self, fp32: bool = False) -> torch.autocast:
         """The module path's precision policy: bf16/fp16 autocast for GEMMs and attention, or plain fp32."""

@@ -192,7 +192,7 @@ class FixedShapeEngine:
 
     def __init__(self, loaded: LoadedModel, *, dtype: torch.dtype, device: torch.device, norm: NormStats,
                  token_budget: int, chunk_pixels: int, seed: int, cuda_graphs: bool = False,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, fused: bool | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.version = self.cfg.version
@@ -208,7 +208,7 @@ class FixedShapeEngine:
         self._fp32_reducer: FixedReducer | None = None
         model = loaded.model
         self.backbones: dict[Stream, FixedBackbone] = {
-            "s2": FixedBackbone(model.s2_backbone, dtype), "s1": FixedBackbone(model.s1_backbone, dtype)
+            "s2": FixedBackbone(model.s2_backbone, dtype, fused), "s1": FixedBackbone(model.s1_backbone, dtype, fused)
         }
         self.reducer = FixedReducer(model, dtype)
         self.cuda = device.type == "cuda"
@@ -389,7 +389,7 @@ class FixedShapeEngine:
         """A float32 view of a backbone for the fp16 guard's re-runs (built on first use)."""
         if stream not in self._fp32:
             module = self.loaded.model.s2_backbone if stream == "s2" else self.loaded.model.s1_backbone
-            self._fp32[stream] = FixedBackbone(module, torch.float32)
+            self._fp32[stream] = FixedBackbone(module, torch.float32, self.backbones[stream].fused)
         return self._fp32[stream]
 
     def _reduce_slice(self, s2: torch.Tensor, s1: torch.Tensor, stats: EncodeStats) -> torch.Tensor:

@@ -39,13 +39,15 @@ def build_encoder(
     trust_checkpoint: bool = False,
     cuda_graphs: bool = False,
     device_budget: int | None = DEVICE_MEMORY_BUDGET,
+    fused_kernels: bool | None = None,
 ) -> tuple[TileEncoder, HardwareInfo]:
     """Load the checkpoint strictly and configure threads, precision and kernels for this hardware.
 
     `device` is "auto", "cpu" or "cuda[:N]". CPUs run the packed oneDNN path; accelerators the
     fixed-shape path (warmed up here, so the first tile runs at steady-state speed). `batch_size`
     and `precision` None pick the class's defaults (`precision.class_defaults`). `device_budget` bounds the
-    accelerator path's device memory in bytes (None: unbounded).
+    accelerator path's device memory in bytes (None: unbounded). `fused_kernels` None uses the Triton
+    kernels wherever they run (`EncodeSettings`).
     """
     check_device(device)
     hw = detect(device)
@@ -62,7 +64,7 @@ def build_encoder(
             checkpoint_label(loaded.source), from_ckpt, data_source,
         )
     settings = encode_settings(hw, precision=precision, batch_size=batch_size, data_source=data_source, seed=seed,
-                               cuda_graphs=cuda_graphs, device_budget=device_budget)
+                               cuda_graphs=cuda_graphs, device_budget=device_budget, fused_kernels=fused_kernels)
     log.info("encoder: %s on %s, %s, %s, batch %d, %s kernels, %d threads", loaded.config.version, hw.kind, settings.precision,
              data_source, settings.batch_size, settings.kernels, torch.get_num_threads())
     encoder = TileEncoder(loaded, settings)
@@ -72,7 +74,7 @@ def build_encoder(
 
 def encode_settings(hw: HardwareInfo, *, precision: Precision | None = None, batch_size: int | None = None,
                     data_source: DataSource = "mpc", seed: int = 0, cuda_graphs: bool = False,
-                    device_budget: int | None = DEVICE_MEMORY_BUDGET) -> EncodeSettings:
+                    device_budget: int | None = DEVICE_MEMORY_BUDGET, fused_kernels: bool | None = None) -> EncodeSettings:
     """How `run`'s actors encode on this hardware: the class's precision and pack size unless given, packed
     kernels on a CPU, the fixed-shape engine on an accelerator (calibration times exactly these)."""
     on_cpu = hw.device == "cpu"
@@ -86,6 +88,7 @@ def encode_settings(hw: HardwareInfo, *, precision: Precision | None = None, bat
         kernels="packed" if on_cpu else "fixed",
         cuda_graphs=cuda_graphs and not on_cpu,
         device_budget=device_budget,
+        fused_kernels=fused_kernels,
     )
 
 
@@ -131,6 +134,7 @@ def provenance(encoder: TileEncoder, hw: HardwareInfo, tile: DPixelTile, encoded
         "data_source": encoder.settings.data_source if encoder.version == "v1.1" else "v1.0",
         "precision": encoder.settings.precision,
         "kernels": encoder.settings.kernels,
+        "triton_kernels": encoder.triton_kernels,
         "device_kind": hw.kind,
         "torch_version": torch.__version__,
         "pipeline_version": __version__,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tessera_pipeline.model import fused_kernels
 from tessera_pipeline.model.architecture import TesseraModel, TransformerEncoder, doy_encoding
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,15 @@ def linear_relu(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
 class FixedBackbone:
     """Inference-only view of a `TransformerEncoder` for packs of P pixels x L tokens each."""
 
-    def __init__(self, module: TransformerEncoder, dtype: torch.dtype) -> None:
+    def __init__(self, module: TransformerEncoder, dtype: torch.dtype, fused: bool | None = None) -> None:
         cfg = module.cfg
         self.cfg = cfg
         self.dtype = dtype
         self.device = module.embedding[0].weight.device
+        #: Residual + LayerNorm and the GRU step through `fused_kernels` (default: wherever Triton runs).
+        self.fused = fused_kernels.available(self.device) if fused is None else fused
+        if self.fused and not fused_kernels.supported(self.device):
+            raise ValueError(f"the Triton kernels cannot run on {self.device} here (Triton missing, or a CPU without its interpreter)")
         self.norm_dtype = torch.float32 if mixed_layer_norm_ok(self.device, dtype) else dtype
         cast = lambda m: _cast(m.weight, m.bias, dtype)  # noqa: E731
 
@@ -171,19 +176,47 @@ class FixedBackbone:
         context = self._layer_norm(states.view(length * pixels, d), self.pool_norm)
         return F.linear(context, self.query_w, self.query_b).view(length, pixels)
 
+    def _gru_scores_fused(self, x: torch.Tensor, pixels: int, length: int) -> torch.Tensor:
+        """`_gru_scores` with two fused kernels per step and the score computed from each new state in place.
+
+        Step 0 skips the recurrent GEMMs: with h = 0 they add exactly zero.
+        """
+        d = self.cfg.d_model
+        x_tm = x.view(pixels, length, d).transpose(0, 1).reshape(length * pixels, d)
+        x_rz = linear(x_tm, self.w_in_rz).view(length, pixels, 2 * d)
+        x_h = linear(x_tm, self.w_in_h).view(length, pixels, d)
+        scores = torch.empty(length, pixels, dtype=torch.float32, device=x.device)
+        h = torch.zeros(pixels, d, dtype=torch.float32, device=x.device)
+        h_c = torch.zeros(pixels, d, dtype=self.dtype, device=x.device)
+        rh = torch.empty(pixels, d, dtype=self.dtype, device=x.device)
+        norm = self.pool_norm
+        for t in range(length):
+            g_rz, g_h = x_rz[t], x_h[t]
+            if t:
+                g_rz.addmm_(h_c, self.w_rz_t)
+                fused_kernels.gru_reset(g_rz, h, rh)
+                g_h.addmm_(rh, self.w_hh_t)
+            fused_kernels.gru_update_score(g_h, g_rz, h, h_c, norm.weight, norm.bias, norm.eps, self.query_w, self.query_b, scores[t])
+        return scores
+
+    def _add_norm(self, y: torch.Tensor, residual: torch.Tensor, p: _Norm) -> torch.Tensor:
+        """LayerNorm(y + residual): one fused kernel, or the in-place add then LayerNorm."""
+        if self.fused:
+            return fused_kernels.add_layer_norm(y, residual, p.weight, p.bias, p.eps)
+        return self._layer_norm(y.add_(residual), p)
+
     def __call__(self, bands: torch.Tensor, doy: torch.Tensor, pixels: int, length: int) -> torch.Tensor:
         """bands (P*L, b) float32 standardised, doy (P*L,) int64, pixel-major -> pooled (P, D) float32."""
         d = self.cfg.d_model
         h = linear(linear_relu(bands.to(self.dtype), self.emb0), self.emb2)
         h.add_(self.doy_table.index_select(0, doy))
         for layer in self.layers:
-            y = linear(self._attention(linear(h, layer.qkv), pixels, length), layer.out).add_(h)
-            h = self._layer_norm(y, layer.norm1)
-            y = linear(linear_relu(h, layer.ffn1), layer.ffn2).add_(h)
-            h = self._layer_norm(y, layer.norm2)
+            h = self._add_norm(linear(self._attention(linear(h, layer.qkv), pixels, length), layer.out), h, layer.norm1)
+            h = self._add_norm(linear(linear_relu(h, layer.ffn1), layer.ffn2), h, layer.norm2)
         if length == 1:
             return h.float()
-        weights = torch.softmax(self._gru_scores(h, pixels, length).t(), dim=1)
+        scores = self._gru_scores_fused(h, pixels, length) if self.fused else self._gru_scores(h, pixels, length)
+        weights = torch.softmax(scores.t(), dim=1)
         return torch.bmm(weights.unsqueeze(1), h.view(pixels, length, d).float()).squeeze(1)
 
 
