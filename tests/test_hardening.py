@@ -323,7 +323,7 @@ def test_sizes_larger_than_the_tile_are_refused(tmp_path: Path, no_encoding: Non
 def test_root_records_the_data_source() -> None:
     from tessera_pipeline.store.zarr_store import root_attributes
 
-    assert root_attributes(MODEL_V11)["tessera:model"]["data_source"] == "mpc"
+    assert root_attributes(MODEL_V11)["tessera-pipeline:model"]["data_source"] == "mpc"
 
 
 def test_data_source_mismatch_refused_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -519,8 +519,8 @@ def test_tile_flag_names_outputs_and_provenance_is_portable(tmp_path: Path) -> N
     assert data.provenance["checkpoint_source"] == "checkpoint.pt"
     assert data.provenance["data_source"] == "mpc"
     root = opened.root_attrs()
-    assert root is not None and root["tessera:model"]["data_source"] == "mpc"
-    assert root["tessera:model"]["model_version"] == "v1.1"
+    assert root is not None and root["tessera-pipeline:model"]["data_source"] == "mpc"
+    assert root["tessera-pipeline:model"]["model_version"] == "v1.1"
 
 
 def test_checkpoint_label_keeps_urls_and_only_local_file_names() -> None:

@@ -97,7 +97,7 @@ def test_int8_region_has_lazy_scales(block: TileStore) -> None:
 def test_a_region_in_another_crs_is_resampled_and_says_so(block: TileStore) -> None:
     box = (17.80, 79.60, 17.86, 79.64)
     da = open_reader(block, landmask=landmask()).read_region(box, YEAR, crs="EPSG:4326", res=0.001)
-    assert da.rio.crs.to_epsg() == 4326 and "nearest neighbour" in da.attrs["tessera:resampled"]
+    assert da.rio.crs.to_epsg() == 4326 and "nearest neighbour" in da.attrs["tessera-pipeline:resampled"]
     lon, lat = np.meshgrid(da.x.values, da.y.values)
     want, _ = brute_force(block, np.stack([lon.ravel(), lat.ravel()], axis=1))
     np.testing.assert_array_equal(da.values.transpose(1, 2, 0).reshape(-1, 128), want)

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tessera_pipeline import __version__
 from tessera_pipeline.errors import StoreConflictError, StoreError, StoreIntegrityError
 from tessera_pipeline.run.progress import RunProgress
 from tessera_pipeline.store import TileStore, layout, write_encoded_tile
 from tessera_pipeline.store.backend import LocalBackend
 from tessera_pipeline.store.manifest import build_manifest
 from tessera_pipeline.store.records import (
+    GEOEMB_CONVENTION,
     CommitMarker,
     FailureRecord,
     ManifestRow,
@@ -59,6 +61,17 @@ OLD_ROOT: dict[str, Any] = {
     "geoemb:type": "pixel", "geoemb:dimensions": 128, "geoemb:data_type": "int8",
     "geoemb:gsd": 10.0, "geoemb:spatial_layout": "utm_tiles",
 }
+#: Root attributes as written now: our keys under our own prefix, and the registered geoemb: convention.
+NEW_ROOT: dict[str, Any] = {
+    **{k.replace("tessera:", "tessera-pipeline:"): v for k, v in OLD_ROOT.items()},
+    "zarr_conventions": [GEOEMB_CONVENTION],
+    "geoemb:model": "https://geotessera.org/model/1.1",
+    "geoemb:source_data": ["https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
+                           "https://sentinel.esa.int/web/sentinel/missions/sentinel-2"],
+    "geoemb:build_version": f"tessera-pipeline {__version__}",
+    "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
+                            "scale": {"type": "array", "array_name": "scales", "nodata": "NaN"}},
+}
 
 
 def write(url: str) -> None:
@@ -81,8 +94,17 @@ def test_marker_and_root_written_now_parse_and_keep_their_shape(tmp_path: Path) 
     assert isinstance(doc["epsg"], int) and all(isinstance(v, float) for v in doc["transform"])
     assert not CommitMarker.parse(doc, where="marker").unknown_keys()
     root = json.loads((tmp_path / "store" / "zarr.json").read_bytes())
-    assert root["attributes"] == OLD_ROOT and root_attributes(MODEL) == OLD_ROOT
+    assert root["attributes"] == NEW_ROOT and root_attributes(MODEL) == NEW_ROOT
     assert not RootAttributes.parse(root["attributes"], where="root").unknown_keys()
+    assert not [k for k in root["attributes"] if k.startswith("tessera:")]  # ucam-eo's registered prefix, not ours
+    version = json.loads((tmp_path / "store" / doc["path"] / "zarr.json").read_bytes())["attributes"]
+    assert version["tessera-pipeline:tile"] == TILE and not [k for k in version if k.startswith("tessera:")]
+
+
+def test_the_root_carries_geotesseras_geoemb_convention_entry() -> None:
+    """The same registration geotessera 0.11.0 stamps on its stores (and the same quantisation description)."""
+    zarr_mod = pytest.importorskip("geotessera.zarr")
+    assert NEW_ROOT["zarr_conventions"] == [zarr_mod.GEOEMB_CONVENTION]
 
 
 def test_a_store_written_in_the_old_shape_reads(tmp_path: Path) -> None:
@@ -100,7 +122,21 @@ def test_a_store_written_in_the_old_shape_reads(tmp_path: Path) -> None:
     store.backend.put_atomic("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group",
                                                       "attributes": OLD_ROOT}).encode())
     store.backend.put_atomic(layout.marker_key(YEAR, TILE), json.dumps(newer).encode())
-    assert store.root_attrs() == OLD_ROOT and store.marker(YEAR, TILE) == newer
+    legacy_read = {k.replace("tessera:", "tessera-pipeline:"): v for k, v in OLD_ROOT.items()}
+    assert store.root_attrs() == legacy_read and store.marker(YEAR, TILE) == newer
+
+
+def test_a_store_with_legacy_keys_takes_new_tiles_and_keeps_its_root(tmp_path: Path) -> None:
+    """A store created before the prefix moved: same-model writes commit and read; another model is still refused."""
+    url = str(tmp_path / "store")
+    store = TileStore(url)
+    store.backend.put_atomic("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": OLD_ROOT}).encode())
+    write(url)
+    assert json.loads((tmp_path / "store" / "zarr.json").read_bytes())["attributes"] == OLD_ROOT
+    assert store.read_tile(YEAR, TILE).embeddings.shape == (20, 30, 128)
+    with pytest.raises(StoreConflictError, match="refusing to add model_version='v1.0'"):
+        write_encoded_tile(url, YEAR, "grid_1.05_1.05", np.zeros((2, 2, 128), np.int8), np.ones((2, 2), np.float32),
+                           epsg=32630, transform=TRANSFORM, provenance={}, model_attrs={**MODEL, "model_version": "v1.0"})
 
 
 def test_a_malformed_marker_is_an_integrity_error_naming_the_key(tmp_path: Path) -> None:
@@ -113,7 +149,7 @@ def test_a_malformed_marker_is_an_integrity_error_naming_the_key(tmp_path: Path)
 
 
 def test_model_compatibility_rule(caplog: pytest.LogCaptureFixture) -> None:
-    have = OLD_ROOT["tessera:model"]
+    have = NEW_ROOT["tessera-pipeline:model"]
     with pytest.raises(StoreConflictError, match="model_version='v1.1', refusing to add model_version='v1.0'"):
         check_model("s", have, {**have, "model_version": "v1.0"})
     with pytest.raises(StoreConflictError, match="data_source"):

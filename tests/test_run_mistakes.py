@@ -115,6 +115,6 @@ def test_a_store_never_mixes_checkpoints_by_accident(work: Path) -> None:
     two = _cli("reprocess", "--store", store, "--bbox", "-1.46,53.24,-1.44,53.26", "--local-cpus", "2")
     assert two.returncode == 0, two.stderr[-2000:]
     tiles = TileStore(store)
-    own = tiles.root_attrs()["tessera:model"]["checkpoint_sha256"]
+    own = tiles.root_attrs()["tessera-pipeline:model"]["checkpoint_sha256"]
     assert tiles.marker(YEAR, "grid_-1.45_53.25")["provenance"]["checkpoint_sha256"] == own
     assert tiles.marker(YEAR, "grid_-1.55_53.25")["provenance"]["checkpoint_sha256"] != own

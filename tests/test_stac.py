@@ -154,15 +154,15 @@ def test_stac_of_a_release_validates_and_matches_its_rows(tmp_path: Path) -> Non
         assert instant(props["start_datetime"]) == instant("2024-01-01T00:00:00Z") and props["datetime"] is None
         assert instant(props["end_datetime"]) == instant("2024-12-31T23:59:59Z")
         assert instant(asset["created"]) == row["committed_at"]
-        assert asset["tessera:embeddings_sha256"] == row["embeddings_sha256"]
-        assert asset["tessera:scales_sha256"] == row["scales_sha256"]
+        assert asset["tessera-pipeline:embeddings_sha256"] == row["embeddings_sha256"]
+        assert asset["tessera-pipeline:scales_sha256"] == row["scales_sha256"]
         assert asset["href"] == f"{Path(url).resolve()}/{row['path']}" and asset["type"] == "application/vnd+zarr"
         assert props["emb:runtime_parameters"]["checkpoint_sha256"] == "ab" * 32
         assert props["emb:runtime_parameters"]["precision"] == "bf16"
     emb, scales = patterned(0)
     first = next(i for i in items if i["id"] == f"{YEAR}-{TILES[0]}")
-    assert first["assets"]["zarr"]["tessera:embeddings_sha256"] == array_sha256(emb)
-    assert first["assets"]["zarr"]["tessera:scales_sha256"] == array_sha256(scales)
+    assert first["assets"]["zarr"]["tessera-pipeline:embeddings_sha256"] == array_sha256(emb)
+    assert first["assets"]["zarr"]["tessera-pipeline:scales_sha256"] == array_sha256(scales)
 
     (zone,) = read_items(out / "zones.parquet")
     check_item(zone, item_schema)

@@ -102,7 +102,7 @@ def test_round_trip_is_bit_exact(store_url: str) -> None:
     window = store.read_tile(2024, TILE, window=(slice(5, 17), slice(3, 20)))
     assert np.array_equal(window.embeddings, emb[5:17, 3:20])
     root = store.root_attrs()
-    assert root is not None and root["tessera:model"]["checkpoint_sha256"] == MODEL["checkpoint_sha256"]
+    assert root is not None and root["tessera-pipeline:model"]["checkpoint_sha256"] == MODEL["checkpoint_sha256"]
     assert root["geoemb:dimensions"] == 128
 
 
@@ -306,7 +306,7 @@ def test_tile_opens_with_xarray_and_rioxarray(store_url: str) -> None:
         plain = xr.open_zarr(f"{store_url}/{marker['path']}")
         assert plain.rio.crs.to_epsg() == EPSG
     raw = json.loads(store.backend.get(f"{layout.tile_key(2024, TILE)}/zarr.json") or b"{}")
-    assert raw["attributes"]["tessera:current_version"] == marker["version"]
+    assert raw["attributes"]["tessera-pipeline:current_version"] == marker["version"]
 
 
 def test_version_ids_sort_after_the_version_they_replace() -> None:

@@ -15,6 +15,7 @@ from tessera_pipeline.errors import OutputError, StoreConflictError, TileNameErr
 from tessera_pipeline.grid import parse_tile_name
 from tessera_pipeline.inputs.dpixel import check_input_name, georeference_for, open_tile, tile_directory_name
 from tessera_pipeline.precision import DEVICE_MEMORY_BUDGET
+from tessera_pipeline.store.records import own
 
 
 @click.command("encode-tile")
@@ -83,9 +84,9 @@ def encode_tile(
 
         tile_store = TileStore(store)
         root = tile_store.root_attrs()
-        if root is not None and model_version is not None and root["tessera:model"].get("model_version") != model_version:
+        if root is not None and model_version is not None and root[own("model")].get("model_version") != model_version:
             raise StoreConflictError(
-                f"{tile_store.url} holds model_version={root['tessera:model'].get('model_version')!r}, "
+                f"{tile_store.url} holds model_version={root[own('model')].get('model_version')!r}, "
                 f"refusing to add {model_version!r}"
             )
         if tile_store.is_complete(year, name) and not overwrite:

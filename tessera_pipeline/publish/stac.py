@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tessera_pipeline.errors import PublishError
+from tessera_pipeline.store.records import PREFIX, modernised, own
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,8 +32,8 @@ EMBEDDINGS_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/sche
 EXTENSIONS = [PROJECTION_EXTENSION, EMBEDDINGS_EXTENSION]
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
-#: Prefix of the fields no extension defines (tile name, version, zone, array checksums).
-OWN = "tessera:"
+#: Prefix of the fields no extension defines (tile name, version, zone, array checksums): ours, as in the store.
+OWN = PREFIX
 GSD_M = 10.0
 #: Per-pixel symmetric int8: value = embeddings.astype(float32) * scales[..., None] (formats.md section 2).
 QUANTIZATION: dict[str, Any] = {
@@ -105,11 +106,8 @@ def item_id(year: int, tile: str) -> str:
 
 def model_of(root: Mapping[str, Any]) -> dict[str, Any]:
     """The store root's model provenance (model version, checkpoint, dimensions, data source), either prefix."""
-    model = root.get("tessera:model")
-    if isinstance(model, Mapping):
-        return dict(model)
-    found = [v for k, v in root.items() if k.endswith(":model") and isinstance(v, Mapping)]
-    return dict(found[0]) if found else {}
+    model = modernised(root).get(own("model"))
+    return dict(model) if isinstance(model, Mapping) else {}
 
 
 def _links(root: Mapping[str, Any], model: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -17,22 +17,13 @@ import numpy as np
 
 from tessera_pipeline import __version__
 from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
+from tessera_pipeline.store.records import GEOEMB_CONVENTION, SOURCE_DATA, geoemb_model, own
 
 #: Spatial pixels per inner chunk side.
 INNER_CHUNK = 32
 N_BANDS = 128
-#: The embeddings convention geotessera registers (its GEOEMB_CONVENTION).
-GEOEMB_CONVENTION = {
-    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
-    "name": "geoemb:",
-    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
-    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
-    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
-}
 #: Revisions of the shared conventions geotessera stamps.
 CONVENTION_REVISION = "r3"
-#: Our own (unregistered) attribute prefix: provenance of the mosaic.
-PRIVATE = "tessera-pipeline:"
 
 
 def group_name(zone: int) -> str:
@@ -42,21 +33,19 @@ def group_name(zone: int) -> str:
 
 def root_attributes(model_version: str, source: Mapping[str, Any]) -> dict[str, Any]:
     """The store root's attributes: geotessera's `geoemb:` set, and where the mosaic came from under our prefix."""
-    version = model_version[1:] if model_version.startswith("v") else model_version
     return {
-        "zarr_conventions": [GEOEMB_CONVENTION],
+        "zarr_conventions": [dict(GEOEMB_CONVENTION)],
         "geoemb:type": "pixel",
         "geoemb:dimensions": N_BANDS,
-        "geoemb:model": f"https://geotessera.org/model/{version}",
-        "geoemb:source_data": ["https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
-                               "https://sentinel.esa.int/web/sentinel/missions/sentinel-2"],
+        "geoemb:model": geoemb_model(model_version),
+        "geoemb:source_data": list(SOURCE_DATA),
         "geoemb:data_type": "int8",
         "geoemb:gsd": 10.0,
         "geoemb:spatial_layout": "utm_zones",
         "geoemb:build_version": f"tessera-pipeline {__version__}",
         "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
                                 "scale": {"type": "array", "array_name": "scales", "nodata": "+inf"}},
-        f"{PRIVATE}source": dict(source),
+        own("source"): dict(source),
     }
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from tessera_pipeline.store.records import PREFIX
+
 #: GeoTIFF internal tile edge (a multiple of 16).
 BLOCK = 256
 #: GDAL's block cache while writing, MB (its default, 5 % of RAM, would dominate the peak memory of an export).
@@ -44,7 +46,7 @@ def write_region_geotiff(da: Any, out: Path, *, on_block: Callable[[int, int], N
 
     quantised = da.dtype == np.int8
     descriptions = tuple(f"embedding_{int(b):03d}" for b in da.band.values)
-    tags = {k.replace("tessera:", "TESSERA_").upper(): str(v) for k, v in da.attrs.items() if k.startswith("tessera:")}
+    tags = {"TESSERA_" + k[len(PREFIX):].upper(): str(v) for k, v in da.attrs.items() if k.startswith(PREFIX)}
     written = [out]
     blocks = _blocks(da)
     scales_path = out.with_name(f"{out.stem}_scales{out.suffix}")

@@ -15,6 +15,7 @@ from tessera_pipeline.read import lattice, region
 from tessera_pipeline.read.index import MarkerIndex, TableIndex, TileIndex, TileRef
 from tessera_pipeline.read.points import PointSamples, sample
 from tessera_pipeline.read.tiles import VersionReader
+from tessera_pipeline.store.records import own
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -139,9 +140,9 @@ class Reader:
             return self._moving(once)
 
         x, y = lattice.pixel_centres(np.arange(row0, row0 + height), np.arange(col0, col0 + width))
-        attrs = {"tessera:grid": f"UTM zone {zone} 10 m lattice (geotessera's zone grid), tiles snapped by floor",
-                 "tessera:overlap": "the tile later in (lon, lat) order that has data wins",
-                 "tessera:tiles": ", ".join(f"{p.ref.tile}@{p.ref.version}" for p in placed)}
+        attrs = {own("grid"): f"UTM zone {zone} 10 m lattice (geotessera's zone grid), tiles snapped by floor",
+                 own("overlap"): "the tile later in (lon, lat) order that has data wins",
+                 own("tiles"): ", ".join(f"{p.ref.tile}@{p.ref.version}" for p in placed)}
         return self._data_array(read, (height, width), kind, chunk, x, y, lattice.canonical_epsg(zone), year, attrs)
 
     def _resampled_region(self, bbox: region.Bbox, year: int, zones: list[int], kind: str, chunk: int, crs: Any,
@@ -164,10 +165,10 @@ class Reader:
         read = region.sampled_window(points, back, x0, y0, res)
         x = x0 + (np.arange(width) + 0.5) * res
         y = y0 - (np.arange(height) + 0.5) * res
-        attrs = {"tessera:grid": f"{target.to_string()} at {res:g}",
-                 "tessera:resampled": f"nearest neighbour from UTM zone(s) {', '.join(map(str, zones))}: each pixel "
+        attrs = {own("grid"): f"{target.to_string()} at {res:g}",
+                 own("resampled"): f"nearest neighbour from UTM zone(s) {', '.join(map(str, zones))}: each pixel "
                                       "takes the zone-lattice pixel its centre falls in",
-                 "tessera:overlap": "the tile later in (lon, lat) order that has data wins"}
+                 own("overlap"): "the tile later in (lon, lat) order that has data wins"}
         return self._data_array(read, (height, width), kind, chunk, x, y, target, year, attrs)
 
     def _data_array(self, read: Any, shape: tuple[int, int], kind: str, chunk: int, x: np.ndarray, y: np.ndarray,
@@ -181,8 +182,8 @@ class Reader:
         if kind == "int8":
             coords["scales"] = (("y", "x"), region.lazy(read, shape, "scales", chunk))
         out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, name="embeddings",
-                           attrs={**attrs, "tessera:source": self.index.source, "tessera:year": year,
-                                  "tessera:dequantised": kind == "dequantised"})
+                           attrs={**attrs, own("source"): self.index.source, own("year"): year,
+                                  own("dequantised"): kind == "dequantised"})
         return out.rio.write_crs(crs)
 
 

@@ -30,6 +30,7 @@ from tessera_pipeline.run.scheduler import Scheduler
 from tessera_pipeline.run.workplan import WorkSplit, plan_tiles, split_plan
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog, new_run_id
+from tessera_pipeline.store.records import own
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def check_store(store: TileStore, ckpt: CheckpointInfo, *, same_checkpoint: bool
     root = store.root_attrs()
     if root is None:
         return
-    have = root["tessera:model"]
+    have = root[own("model")]
     for key in ("model_version", "dimensions"):
         if str(have.get(key)) != str(ckpt.model_attrs.get(key)):
             raise StoreConflictError(f"{store.url} holds {key}={have.get(key)!r}, this checkpoint gives "
@@ -111,7 +112,7 @@ def check_store(store: TileStore, ckpt: CheckpointInfo, *, same_checkpoint: bool
 def store_checkpoint_source(store: TileStore, runlog: RunLog) -> str | None:
     """Where the store's own checkpoint (the one its root records) was read from, by the newest run that used it."""
     root = store.root_attrs()
-    sha = str((root or {}).get("tessera:model", {}).get("checkpoint_sha256") or "")
+    sha = str((root or {}).get(own("model"), {}).get("checkpoint_sha256") or "")
     for run_id in reversed(runlog.run_ids()):
         try:
             record = runlog.load_run(run_id)

@@ -25,7 +25,7 @@ from tessera_pipeline.store import layout, pins
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
 from tessera_pipeline.store.encoding import crs_attrs, encode_version, group_json, plain_json
 from tessera_pipeline.store.reader import TileReader
-from tessera_pipeline.store.records import CommitMarker, check_model, root_attributes
+from tessera_pipeline.store.records import CommitMarker, check_model, own, root_attributes
 from tessera_pipeline.store.results import CommitRecord
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class TileWriter(TileReader):
 
     def _check_model(self, existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
         """Apply the model-compatibility rule (`records.check_model`) to two root attribute dicts."""
-        check_model(self.url, existing["tessera:model"], wanted["tessera:model"])
+        check_model(self.url, existing[own("model")], wanted[own("model")])
 
     def _ensure_group(self, key: str, attributes: Mapping[str, Any]) -> None:
         """Write a group's zarr.json if it is absent (same bytes from every writer, so races are benign)."""
@@ -111,13 +111,13 @@ class TileWriter(TileReader):
         root = self.root_attrs()
         if root is None:
             raise StoreError(f"no store at {self.url}: create it first (write_encoded_tile does)", tile=tile)
-        model = root["tessera:model"]
+        model = root[own("model")]
         emb, sc, transform6 = self._check_inputs(tile, embeddings, scales, transform, int(model["dimensions"]))
         height, width, dims = emb.shape
         epsg = int(epsg)
 
-        self._ensure_group(layout.year_key(year), {"tessera:year": year})
-        self._ensure_group(layout.tile_key(year, tile), {"tessera:tile": tile, "tessera:year": year})
+        self._ensure_group(layout.year_key(year), {own("year"): year})
+        self._ensure_group(layout.tile_key(year, tile), {own("tile"): tile, own("year"): year})
         mkey = layout.marker_key(year, tile)
         replaced = self.backend.get_tagged(mkey)
         replaced_version = None if replaced is None else self._marker_version(tile, replaced[0])
@@ -136,15 +136,15 @@ class TileWriter(TileReader):
             emb,
             sc,
             group_attrs={
-                "tessera:tile": tile,
-                "tessera:year": year,
-                "tessera:version": version,
+                own("tile"): tile,
+                own("year"): year,
+                own("version"): version,
                 "proj:code": f"EPSG:{epsg}",
                 "spatial:transform": list(transform6),
                 "spatial:shape": [height, width],
                 "spatial:dimensions": ["y", "x"],
-                "tessera:provenance": prov,
-                "tessera:model": model,
+                own("provenance"): prov,
+                own("model"): model,
             },
             crs_attrs=crs_attrs(epsg, transform6),
             transform=transform6,
@@ -236,7 +236,7 @@ class TileWriter(TileReader):
 
     def _set_current_hint(self, year: int, tile: str, version: str) -> None:
         """Record the current version in the tile group's attributes, for zarr/xarray browsing only."""
-        attrs = {"tessera:tile": tile, "tessera:year": year, "tessera:current_version": version}
+        attrs = {own("tile"): tile, own("year"): year, own("current_version"): version}
         self.backend.put_atomic(f"{layout.tile_key(year, tile)}/zarr.json", group_json(attrs))
 
     def cleanup(

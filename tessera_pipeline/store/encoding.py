@@ -17,6 +17,7 @@ import numpy as np
 
 from tessera_pipeline.errors import StoreError
 from tessera_pipeline.store import layout
+from tessera_pipeline.store.records import own
 
 #: Chunking chosen by measurement (docs/formats.md, "Chunking and compression").
 EMBEDDING_CHUNK = 128
@@ -121,7 +122,7 @@ def encode_version(
             "grid_mapping": "spatial_ref",
             "coordinates": "spatial_ref",
             "long_name": "Tessera embedding, per-pixel symmetric int8",
-            "tessera:dequantise": "embeddings.astype(float32) * scales[..., None]",
+            own("dequantise"): "embeddings.astype(float32) * scales[..., None]",
         },
     )
     emb_arr[...] = emb

@@ -19,7 +19,7 @@ import numpy as np
 from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend
 from tessera_pipeline.store.layout import TileKey
-from tessera_pipeline.store.records import VersionRow
+from tessera_pipeline.store.records import VersionRow, own
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -107,7 +107,7 @@ def build_manifest(store: TileStore, year: int | None = None) -> Manifest:
         log.warning("%s/%s left out of the manifest: %s", item.year, item.tile, item.problem)
     root = store.root_attrs() or {}
     rows = pa.concat_tables(parts) if parts else marker_table(0, [], [])[0]
-    return Manifest(rows_table(rows, store.url, root.get("tessera:model", {})), left_out, store.url)
+    return Manifest(rows_table(rows, store.url, root.get(own("model"), {})), left_out, store.url)
 
 
 def _get_all(backend: Backend, keys: list[str]) -> list[bytes | None]:
@@ -288,7 +288,7 @@ def rows_table(markers: pa.Table, store_url: str, model: dict[str, Any]) -> pa.T
     }
     meta = {
         "geo": geo_metadata(bounds),
-        "tessera:manifest": {"format": MANIFEST_FORMAT, "store": store_url, "model": model,
+        own("manifest"): {"format": MANIFEST_FORMAT, "store": store_url, "model": model,
                              "created_at": datetime.now(timezone.utc).isoformat(), "tiles": int(markers.num_rows)},
     }
     table = pa.table(columns)

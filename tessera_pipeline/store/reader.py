@@ -24,7 +24,7 @@ from tessera_pipeline.store import layout, listing
 from tessera_pipeline.store.backend import Backend, open_backend
 from tessera_pipeline.store.checksums import array_sha256
 from tessera_pipeline.store.layout import TileKey
-from tessera_pipeline.store.records import CommitMarker, RootAttributes
+from tessera_pipeline.store.records import CommitMarker, RootAttributes, modernised, own
 from tessera_pipeline.store.results import IncompleteTile, TileData, VerifyResult
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,16 @@ class TileReader:
         return self._zstore
 
     def root_attrs(self) -> dict[str, Any] | None:
-        """The root group's attributes (checked against `RootAttributes`), or None when there is no store here yet."""
+        """The root group's attributes (checked against `RootAttributes`; legacy `tessera:` keys read under our
+        prefix), or None when there is no store here yet."""
         raw = self.backend.get("zarr.json")
         if raw is None:
             return None
         try:
-            attrs: dict[str, Any] = json.loads(raw).get("attributes", {})
+            attrs = modernised(json.loads(raw).get("attributes", {}))
         except (ValueError, AttributeError) as exc:
             raise StoreConflictError(f"{self.url}/zarr.json is not a zarr group document ({exc})") from exc
-        if attrs.get("tessera:store_format") != layout.STORE_FORMAT:
+        if attrs.get(own("store_format")) != layout.STORE_FORMAT:
             raise StoreConflictError(f"{self.url} is not a {layout.STORE_FORMAT} store")
         RootAttributes.parse(attrs, where=f"{self.url}/zarr.json", error=StoreConflictError)
         return attrs

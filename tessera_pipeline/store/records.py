@@ -15,12 +15,52 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tessera_pipeline.errors import StoreConflictError, StoreError, format_validation_error
 from tessera_pipeline.store import layout
 
 log = logging.getLogger(__name__)
+
+#: Our own attribute prefix. `tessera:` belongs to ucam-eo's registered convention (geotessera writes
+#: `tessera:pending_years`); stores written before 2026-11-28 used it for our keys and still read (`modernised`).
+PREFIX = "tessera-pipeline:"
+LEGACY_PREFIX = "tessera:"
+#: The embeddings convention geotessera registers in `zarr_conventions` (its GEOEMB_CONVENTION).
+GEOEMB_CONVENTION: dict[str, str] = {
+    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
+    "name": "geoemb:",
+    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
+    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
+    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
+}
+#: The Sentinel missions every Tessera embedding is computed from (`geoemb:source_data`).
+SOURCE_DATA = ["https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
+               "https://sentinel.esa.int/web/sentinel/missions/sentinel-2"]
+
+
+def own(name: str) -> str:
+    """One of our attribute keys: `own("model")` is `tessera-pipeline:model`."""
+    return PREFIX + name
+
+
+def modernised(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes with legacy `tessera:` keys read under our prefix (a key present under both keeps ours)."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key.startswith(LEGACY_PREFIX):
+            new = PREFIX + key[len(LEGACY_PREFIX):]
+            if new not in attrs:
+                out[new] = value
+            continue
+        out[key] = value
+    return out
+
+
+def geoemb_model(model_version: str) -> str:
+    """The `geoemb:model` URL geotessera writes for a model version ("v1.1" -> https://geotessera.org/model/1.1)."""
+    version = model_version[1:] if model_version.startswith("v") else model_version
+    return f"https://geotessera.org/model/{version}"
 
 
 class Record(BaseModel):
@@ -68,7 +108,7 @@ class Record(BaseModel):
 
 
 class ModelAttrs(Record):
-    """`tessera:model`: the model description a store was created with (its extra keys kept verbatim)."""
+    """`tessera-pipeline:model`: the model description a store was created with (its extra keys kept verbatim)."""
 
     open_keys = True
     model_version: str
@@ -92,7 +132,7 @@ class ModelAttrs(Record):
 
 
 class Quantisation(Record):
-    """`tessera:quantisation`: how embeddings and scales make float vectors."""
+    """`tessera-pipeline:quantisation`: how embeddings and scales make float vectors."""
 
     method: Literal["per_pixel_symmetric_int8"] = "per_pixel_symmetric_int8"
     quantized_dtype: str = "int8"
@@ -103,39 +143,62 @@ class Quantisation(Record):
 
 
 class LayoutAttrs(Record):
-    """`tessera:layout`: where tile groups and commit markers live."""
+    """`tessera-pipeline:layout`: where tile groups and commit markers live."""
 
     tile_group: str = "{year}/{tile}/{version}"
     commit_marker: str = f"{layout.COMMITS_PREFIX}/{{year}}/{{tile}}{layout.MARKER_SUFFIX}"
 
 
 class RootAttributes(Record):
-    """The root group's attributes (`zarr.json`): store format, model, quantisation, layout, geoemb summary."""
+    """The root group's attributes (`zarr.json`): store format, model, quantisation, layout under our prefix, and the
+    registered `geoemb:` convention with the model's provenance.
 
-    store_format: Literal["tessera-store/1"] = Field(alias="tessera:store_format")
-    model: ModelAttrs = Field(alias="tessera:model")
-    quantisation: Quantisation | None = Field(default=None, alias="tessera:quantisation")
-    layout_: LayoutAttrs | None = Field(default=None, alias="tessera:layout")
+    Legacy `tessera:` keys are read under our prefix, so a store written with them reads the same.
+    """
+
+    store_format: Literal["tessera-store/1"] = Field(alias="tessera-pipeline:store_format")
+    model: ModelAttrs = Field(alias="tessera-pipeline:model")
+    quantisation: Quantisation | None = Field(default=None, alias="tessera-pipeline:quantisation")
+    layout_: LayoutAttrs | None = Field(default=None, alias="tessera-pipeline:layout")
+    zarr_conventions: list[dict[str, str]] | None = None
     geoemb_type: str | None = Field(default=None, alias="geoemb:type")
     geoemb_dimensions: int | None = Field(default=None, alias="geoemb:dimensions")
+    geoemb_model: str | None = Field(default=None, alias="geoemb:model")
+    geoemb_source_data: list[str] | None = Field(default=None, alias="geoemb:source_data")
     geoemb_data_type: str | None = Field(default=None, alias="geoemb:data_type")
     geoemb_gsd: float | None = Field(default=None, alias="geoemb:gsd")
     geoemb_spatial_layout: str | None = Field(default=None, alias="geoemb:spatial_layout")
+    geoemb_build_version: str | None = Field(default=None, alias="geoemb:build_version")
+    geoemb_quantization: dict[str, Any] | None = Field(default=None, alias="geoemb:quantization")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """A root written with the legacy `tessera:` keys validates as one written now."""
+        return modernised(data) if isinstance(data, Mapping) else data
 
     @classmethod
     def for_model(cls, model_attrs: Mapping[str, Any]) -> Self:
         """The attributes a new store gets for a writer's model description."""
+        from tessera_pipeline import __version__
+
         model = ModelAttrs.normalise(model_attrs)
         return cls.build(**{
-            "tessera:store_format": layout.STORE_FORMAT,
-            "tessera:model": model.document(),
-            "tessera:quantisation": Quantisation().model_dump(),
-            "tessera:layout": LayoutAttrs().model_dump(),
+            own("store_format"): layout.STORE_FORMAT,
+            own("model"): model.document(),
+            own("quantisation"): Quantisation().model_dump(),
+            own("layout"): LayoutAttrs().model_dump(),
+            "zarr_conventions": [dict(GEOEMB_CONVENTION)],
             "geoemb:type": "pixel",
             "geoemb:dimensions": model.dimensions,
+            "geoemb:model": geoemb_model(model.model_version),
+            "geoemb:source_data": list(SOURCE_DATA),
             "geoemb:data_type": "int8",
             "geoemb:gsd": 10.0,
             "geoemb:spatial_layout": "utm_tiles",
+            "geoemb:build_version": f"tessera-pipeline {__version__}",
+            "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
+                                    "scale": {"type": "array", "array_name": layout.SCALES, "nodata": "NaN"}},
         })
 
 
@@ -146,7 +209,7 @@ def root_attributes(model_attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_model(url: str, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     """The model-compatibility rule: refuse another model version, dimension count or data source; warn on
-    another checkpoint. `have` is the store's `tessera:model`, `want` the writer's (both normalised)."""
+    another checkpoint. `have` is the store's `tessera-pipeline:model`, `want` the writer's (both normalised)."""
     for key in ("model_version", "dimensions", "data_source"):
         if key == "data_source" and (key not in have or key not in want):
             if key in want:
