@@ -55,8 +55,8 @@ tail -n 30 "$OUT/bench.log"
 fi
 
 if want tests; then
-stamp "CUDA tests"
-timeout 110 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py > "$OUT/pytest.txt" 2>&1
+stamp "CUDA tests (and the measured CUDA peak of the largest land tile, tests/test_memory.py)"
+timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_memory.py > "$OUT/pytest.txt" 2>&1
 echo "pytest exit $?"
 tail -n 25 "$OUT/pytest.txt"
 fi
