@@ -43,7 +43,7 @@ import pytest
 from read_support import SOUTH, YEAR, south_landmask, write_block, write_south
 from tessera_pipeline.grid import parse_tile_name
 from tessera_pipeline.publish.mosaic_run import run_mosaic
-from tessera_pipeline.publish.zone_store import PRIVATE
+from tessera_pipeline.store.records import PREFIX
 from tessera_pipeline.read.lattice import SHARD_SIZE
 from tessera_pipeline.read.tiles import valid_scale
 from tessera_pipeline.store.export import export_tiles
@@ -134,7 +134,7 @@ def test_mosaic_equals_geotessera_zarr_fill(tmp_path: Path) -> None:
     assert report.zones == [19, 33] and report.shards == 2
 
     theirs, ours = zarr.open_group(str(theirs_dir), mode="r"), zarr.open_group(str(ours_dir), mode="r")
-    mine = {k: v for k, v in ours.attrs.items() if not k.startswith(PRIVATE)}
+    mine = {k: v for k, v in ours.attrs.items() if not k.startswith(PREFIX)}
     assert {k: v for k, v in mine.items() if k != "geoemb:build_version"} == \
         {k: v for k, v in theirs.attrs.items() if k != "geoemb:build_version"}
     assert sorted(ours.group_keys()) == sorted(theirs.group_keys()) == ["utm19", "utm33"]
