@@ -99,6 +99,11 @@ def test_marker_and_root_written_now_parse_and_keep_their_shape(tmp_path: Path) 
     assert not [k for k in root["attributes"] if k.startswith("tessera:")]  # ucam-eo's registered prefix, not ours
     version = json.loads((tmp_path / "store" / doc["path"] / "zarr.json").read_bytes())["attributes"]
     assert version["tessera-pipeline:tile"] == TILE and not [k for k in version if k.startswith("tessera:")]
+    # The tile's georeference under the registered proj: and spatial: conventions, as geotessera's zone groups carry it.
+    assert {c["name"] for c in version["zarr_conventions"]} == {"proj", "spatial"}
+    assert version["proj:code"] == "EPSG:32630" and version["spatial:transform"] == list(TRANSFORM)
+    assert version["spatial:shape"] == [20, 30] and version["spatial:registration"] == "pixel"
+    assert version["spatial:bbox"] == [TRANSFORM[2], TRANSFORM[5] - 200.0, TRANSFORM[2] + 300.0, TRANSFORM[5]]
 
 
 def test_the_root_carries_geotesseras_geoemb_convention_entry() -> None:

@@ -17,13 +17,12 @@ import numpy as np
 
 from tessera_pipeline import __version__
 from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
+from tessera_pipeline.store.encoding import georef_attributes
 from tessera_pipeline.store.records import GEOEMB_CONVENTION, SOURCE_DATA, geoemb_model, own
 
 #: Spatial pixels per inner chunk side.
 INNER_CHUNK = 32
 N_BANDS = 128
-#: Revisions of the shared conventions geotessera stamps.
-CONVENTION_REVISION = "r3"
 
 
 def group_name(zone: int) -> str:
@@ -51,17 +50,7 @@ def root_attributes(model_version: str, source: Mapping[str, Any]) -> dict[str, 
 
 def zone_attributes(grid: ZoneGrid) -> dict[str, Any]:
     """A zone group's `proj:` and `spatial:` attributes, registered through zarr-cm as geotessera does."""
-    from zarr_cm import create_many, proj, spatial
-
-    x_max = grid.origin_x + grid.width * 10.0
-    y_min = grid.origin_y - grid.height * 10.0
-    return create_many({
-        "spatial": spatial.create(revision=CONVENTION_REVISION, dimensions=["y", "x"],
-                                  bbox=[grid.origin_x, y_min, x_max, grid.origin_y], transform_type="affine",
-                                  transform=list(grid.transform), shape=[grid.height, grid.width],
-                                  registration="pixel"),
-        "proj": proj.create(revision=CONVENTION_REVISION, code=f"EPSG:{grid.epsg}"),
-    })
+    return georef_attributes(grid.epsg, tuple(grid.transform), grid.height, grid.width)
 
 
 def grid_of(group: Any, zone: int) -> ZoneGrid:

@@ -23,7 +23,7 @@ from tessera_pipeline import __version__
 from tessera_pipeline.errors import CommitConflictError, StoreError, StoreIntegrityError
 from tessera_pipeline.store import layout, pins
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
-from tessera_pipeline.store.encoding import crs_attrs, encode_version, group_json, plain_json
+from tessera_pipeline.store.encoding import crs_attrs, encode_version, georef_attributes, group_json, plain_json
 from tessera_pipeline.store.reader import TileReader
 from tessera_pipeline.store.records import CommitMarker, check_model, own, root_attributes
 from tessera_pipeline.store.results import CommitRecord
@@ -139,10 +139,7 @@ class TileWriter(TileReader):
                 own("tile"): tile,
                 own("year"): year,
                 own("version"): version,
-                "proj:code": f"EPSG:{epsg}",
-                "spatial:transform": list(transform6),
-                "spatial:shape": [height, width],
-                "spatial:dimensions": ["y", "x"],
+                **georef_attributes(epsg, transform6, height, width),
                 own("provenance"): prov,
                 own("model"): model,
             },

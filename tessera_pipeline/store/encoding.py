@@ -61,6 +61,26 @@ def crs_attrs(epsg: int, transform: tuple[float, ...]) -> dict[str, Any]:
     return attrs
 
 
+#: Revisions of the registered `proj:` and `spatial:` conventions stamped in `zarr_conventions` (geotessera 0.11.0's).
+CONVENTION_REVISION = "r3"
+
+
+def georef_attributes(epsg: int, transform: tuple[float, ...], height: int, width: int) -> dict[str, Any]:
+    """A raster group's `proj:` and `spatial:` attributes with their `zarr_conventions` registrations, written through
+    zarr-cm exactly as geotessera writes its zone groups (pixel-corner affine transform, GDAL order)."""
+    from zarr_cm import create_many, proj, spatial
+
+    a, _b, c, _d, e, f = transform
+    xs, ys = (c, c + a * width), (f, f + e * height)
+    return create_many({
+        "spatial": spatial.create(revision=CONVENTION_REVISION, dimensions=["y", "x"],
+                                  bbox=[min(xs), min(ys), max(xs), max(ys)], transform_type="affine",
+                                  transform=[float(v) for v in transform], shape=[int(height), int(width)],
+                                  registration="pixel"),
+        "proj": proj.create(revision=CONVENTION_REVISION, code=f"EPSG:{int(epsg)}"),
+    })
+
+
 def encode_version(
     emb: np.ndarray,
     sc: np.ndarray,
