@@ -145,3 +145,21 @@ def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Pa
     with pytest.raises(PublishError, match=outside):
         run_mosaic(str(tmp_path / "store.zarr"), YEAR, str(tmp_path / "zones.zarr"), zones=[33],
                    landmask=south_landmask())
+
+
+def test_years_are_only_appended_to_a_zone_time_axis(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """geotessera's rule: a later year grows the axis; an earlier one is refused, never appended out of order."""
+    import zarr
+
+    from tessera_pipeline.errors import PublishError
+    from tessera_pipeline.publish import zone_store
+
+    _store, zones = built
+    shutil.copytree(zones, tmp_path / "zones.zarr")
+    group = zarr.open_group(str(tmp_path / "zones.zarr"), mode="r+", use_consolidated=False)["utm33"]  # as mosaic opens it
+    with pytest.raises(PublishError, match=f"cannot add {YEAR - 1} to a time axis ending at {YEAR}"):
+        zone_store.add_year(group, YEAR - 1)
+    assert zone_store.add_year(group, YEAR) == 0
+    assert zone_store.add_year(group, YEAR + 1) == 1
+    assert list(group["time"][:]) == [YEAR, YEAR + 1]
+    assert group["embeddings"].shape[0] == group["scales"].shape[0] == 2

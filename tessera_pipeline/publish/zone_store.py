@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tessera_pipeline import __version__
+from tessera_pipeline.errors import PublishError
 from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
 from tessera_pipeline.store.encoding import georef_attributes
 from tessera_pipeline.store.records import GEOEMB_CONVENTION, SOURCE_DATA, geoemb_model, own
@@ -84,10 +85,17 @@ def create_zone(root: Any, grid: ZoneGrid, years: list[int]) -> Any:
 
 
 def add_year(group: Any, year: int) -> int:
-    """The time index of `year` in a zone group, appending it (arrays grow by one time step) when absent."""
+    """The time index of `year` in a zone group, appending it (arrays grow by one time step) when absent.
+
+    Years are only appended, as geotessera's `extend_store` does: an earlier year than the axis holds would need
+    every existing chunk renumbered, so it is refused (PublishError) rather than appended out of order.
+    """
     years = [int(v) for v in group["time"][:]]
     if year in years:
         return years.index(year)
+    if years and year < max(years):
+        raise PublishError(f"zone group {group.basename}: cannot add {year} to a time axis ending at {max(years)}; years "
+                           f"are only appended (geotessera's rule): build {year} into a new zone store")
     for name in ("embeddings", "scales"):
         array = group[name]
         array.resize((len(years) + 1, *array.shape[1:]))
