@@ -7,6 +7,7 @@ is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,8 +127,8 @@ def test_backbone_with_kernels_is_as_close_to_float32_as_without(precision: str)
     assert F.cosine_similarity(fused, reference).min() >= 0.9999
 
 
-#: The interpreter launches a kernel in milliseconds, and a golden tile runs thousands of GRU steps: on a CPU
-#: one tile (91 dates; tile_b has 300, hence ~3x the steps) in bf16, the GPU default; on a GPU both, in fp32 too.
+#: The interpreter takes ~20 ms a launch, and a golden tile runs thousands of GRU steps: on a CPU the first 8 rows
+#: of one tile (91 dates; tile_b has 300, hence ~3x the steps) in bf16, the GPU default; on a GPU both whole, in fp32 too.
 GOLDEN_HERE = V1_1_CASES if DEVICE.type == "cuda" else V1_1_CASES[:1]
 GOLDEN_PRECISIONS = ["fp32", "bf16"] if DEVICE.type == "cuda" else ["bf16"]
 
@@ -138,12 +139,16 @@ def test_fixed_path_through_the_kernels_reproduces_upstreams_golden_outputs(case
     """fp32 at the golden bar (>= 99.9 % identical, never off by 2); bf16, the GPU default, at the low-precision bar."""
     loaded = load_model(str(GOLDEN / case["checkpoint"]))
     tile = open_tile(GOLDEN / case["input"])
+    expected_int8, expected_scales = np.load(GOLDEN / case["expected_int8"]), np.load(GOLDEN / case["expected_scales"])
+    if DEVICE.type == "cpu":  # the interpreter: the tile's first rows (every pixel's output depends on it alone)
+        rows = 8
+        tile = dataclasses.replace(tile, **{k: getattr(tile, k)[:, :rows] for k in ("bands", "masks", "sar_ascending", "sar_descending")})
+        expected_int8, expected_scales = expected_int8[:rows], expected_scales[:rows]
     settings = EncodeSettings(device=str(DEVICE), kernels="fixed", data_source=case["data_source"] or "mpc", batch_size=1024,
                               precision=precision, fused_kernels=True)  # type: ignore[arg-type]
     encoder = TileEncoder(loaded, settings)
     assert encoder.triton_kernels
     got = encoder.encode(tile)
-    expected_int8, expected_scales = np.load(GOLDEN / case["expected_int8"]), np.load(GOLDEN / case["expected_scales"])
     if precision == "fp32":
         assert_int8_matches(got.embeddings, expected_int8)
         assert_scales_match(got.scales, expected_scales)

@@ -147,15 +147,17 @@ def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Pa
                    landmask=south_landmask())
 
 
-def test_years_are_only_appended_to_a_zone_time_axis(built: tuple[Path, Path], tmp_path: Path) -> None:
+
+def test_years_are_only_appended_to_a_zone_time_axis(tmp_path: Path) -> None:
     """geotessera's rule: a later year grows the axis; an earlier one is refused, never appended out of order."""
     import zarr
 
     from tessera_pipeline.errors import PublishError
     from tessera_pipeline.publish import zone_store
+    from tessera_pipeline.read.lattice import ZoneGrid
 
-    _store, zones = built
-    shutil.copytree(zones, tmp_path / "zones.zarr")
+    root = zarr.open_group(str(tmp_path / "zones.zarr"), mode="w-", zarr_format=3)
+    zone_store.create_zone(root, ZoneGrid(zone=33, origin_x=500000.0, origin_y=8840000.0, width=64, height=64), [YEAR])
     group = zarr.open_group(str(tmp_path / "zones.zarr"), mode="r+", use_consolidated=False)["utm33"]  # as mosaic opens it
     with pytest.raises(PublishError, match=f"cannot add {YEAR - 1} to a time axis ending at {YEAR}"):
         zone_store.add_year(group, YEAR - 1)
