@@ -70,12 +70,12 @@ def physical_cores(allowed: set[int] | None = None) -> tuple[int, ...]:
     return tuple(sorted(chosen.values()))
 
 
-@lru_cache(maxsize=1)
 def gpu_class(device_name: str) -> str:
     """A GPU's hardware class from its CUDA device name: "NVIDIA H200" -> "cuda-H200", "Tesla T4" -> "cuda-T4"."""
     return "cuda-" + device_name.replace("NVIDIA ", "").replace("Tesla ", "").split()[0]
 
 
+@lru_cache(maxsize=1)
 def detect(device: str = "auto") -> HardwareInfo:
     """Describe the hardware a worker would use for `device` ("auto", "cpu" or "cuda[:n]")."""
     flags, model = _cpu_flags_and_model()
