@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from tessera_pipeline import __version__
 from tessera_pipeline.errors import PublishError
 from tessera_pipeline.read.lattice import SHARD_SIZE, ZoneGrid
 from tessera_pipeline.store.encoding import georef_attributes
-from tessera_pipeline.store.records import GEOEMB_CONVENTION, SOURCE_DATA, geoemb_model, own
+from tessera_pipeline.store.records import geoemb_attributes, own
 
 #: Spatial pixels per inner chunk side.
 INNER_CHUNK = 32
@@ -33,20 +32,7 @@ def group_name(zone: int) -> str:
 
 def root_attributes(model_version: str, source: Mapping[str, Any]) -> dict[str, Any]:
     """The store root's attributes: geotessera's `geoemb:` set, and where the mosaic came from under our prefix."""
-    return {
-        "zarr_conventions": [dict(GEOEMB_CONVENTION)],
-        "geoemb:type": "pixel",
-        "geoemb:dimensions": N_BANDS,
-        "geoemb:model": geoemb_model(model_version),
-        "geoemb:source_data": list(SOURCE_DATA),
-        "geoemb:data_type": "int8",
-        "geoemb:gsd": 10.0,
-        "geoemb:spatial_layout": "utm_zones",
-        "geoemb:build_version": f"tessera-pipeline {__version__}",
-        "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
-                                "scale": {"type": "array", "array_name": "scales", "nodata": "+inf"}},
-        own("source"): dict(source),
-    }
+    return {**geoemb_attributes(model_version, N_BANDS, "utm_zones", "+inf"), own("source"): dict(source)}
 
 
 def zone_attributes(grid: ZoneGrid) -> dict[str, Any]:

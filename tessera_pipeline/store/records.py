@@ -57,10 +57,28 @@ def modernised(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def geoemb_model(model_version: str) -> str:
-    """The `geoemb:model` URL geotessera writes for a model version ("v1.1" -> https://geotessera.org/model/1.1)."""
+def geoemb_attributes(model_version: str, dimensions: int, spatial_layout: str, scale_nodata: str) -> dict[str, Any]:
+    """The registered `geoemb:` convention entry and attributes, with the values geotessera 0.11.0 writes.
+
+    `spatial_layout` and `scale_nodata` are what differ between our per-tile store ("utm_tiles", NaN) and a
+    zone store ("utm_zones", +inf for land not yet filled); `geoemb:model` is geotessera's URL for the version.
+    """
+    from tessera_pipeline import __version__
+
     version = model_version[1:] if model_version.startswith("v") else model_version
-    return f"https://geotessera.org/model/{version}"
+    return {
+        "zarr_conventions": [dict(GEOEMB_CONVENTION)],
+        "geoemb:type": "pixel",
+        "geoemb:dimensions": dimensions,
+        "geoemb:model": f"https://geotessera.org/model/{version}",
+        "geoemb:source_data": list(SOURCE_DATA),
+        "geoemb:data_type": "int8",
+        "geoemb:gsd": 10.0,
+        "geoemb:spatial_layout": spatial_layout,
+        "geoemb:build_version": f"tessera-pipeline {__version__}",
+        "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
+                                "scale": {"type": "array", "array_name": layout.SCALES, "nodata": scale_nodata}},
+    }
 
 
 class Record(BaseModel):
@@ -180,25 +198,13 @@ class RootAttributes(Record):
     @classmethod
     def for_model(cls, model_attrs: Mapping[str, Any]) -> Self:
         """The attributes a new store gets for a writer's model description."""
-        from tessera_pipeline import __version__
-
         model = ModelAttrs.normalise(model_attrs)
         return cls.build(**{
             own("store_format"): layout.STORE_FORMAT,
             own("model"): model.document(),
             own("quantisation"): Quantisation().model_dump(),
             own("layout"): LayoutAttrs().model_dump(),
-            "zarr_conventions": [dict(GEOEMB_CONVENTION)],
-            "geoemb:type": "pixel",
-            "geoemb:dimensions": model.dimensions,
-            "geoemb:model": geoemb_model(model.model_version),
-            "geoemb:source_data": list(SOURCE_DATA),
-            "geoemb:data_type": "int8",
-            "geoemb:gsd": 10.0,
-            "geoemb:spatial_layout": "utm_tiles",
-            "geoemb:build_version": f"tessera-pipeline {__version__}",
-            "geoemb:quantization": {"method": "per_pixel_scale", "original_dtype": "float32", "quantized_dtype": "int8",
-                                    "scale": {"type": "array", "array_name": layout.SCALES, "nodata": "NaN"}},
+            **geoemb_attributes(model.model_version, model.dimensions, "utm_tiles", "NaN"),
         })
 
 
