@@ -57,22 +57,19 @@ def supported(device: torch.device) -> bool:
     return device.type == ("cpu" if interpreted() else "cuda")
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> dict[str, Any]:
-    """The compiled-on-first-use kernels (imported lazily, so importing this module never needs Triton)."""
+def _kernels() -> Any:
+    """The module of compiled-on-first-use kernels (imported lazily, so importing this module never needs Triton)."""
     if _triton() is None:
         raise RuntimeError("Triton is not installed")
-    from tessera_pipeline.model import triton_kernels as k
+    from tessera_pipeline.model import triton_kernels
 
-    return {"add_layer_norm": k.add_layer_norm_kernel, "gru_reset": k.gru_reset_kernel, "gru_update_score": k.gru_update_score_kernel}
-
-
-def _rows() -> int:
-    return INTERPRETED_ROWS_PER_PROGRAM if interpreted() else ROWS_PER_PROGRAM
+    return triton_kernels
 
 
-def _grid(rows: int) -> tuple[int]:
-    return (-(-rows // _rows()),)
+def _launch(rows: int) -> tuple[tuple[int], int]:
+    """The grid for `rows` rows and the rows each program takes."""
+    per = INTERPRETED_ROWS_PER_PROGRAM if interpreted() else ROWS_PER_PROGRAM
+    return (-(-rows // per),), per
 
 
 def _block(d: int) -> int:
@@ -87,23 +84,26 @@ def add_layer_norm(y: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     """LayerNorm(y + residual) over the last dim of (N, D) tensors; the sum rounded to y's dtype, statistics float32."""
     n, d = y.shape
     out = torch.empty_like(y)
-    _kernels()["add_layer_norm"][_grid(n)](y, residual, weight, bias, out, n, eps, D=d, BLOCK_D=_block(d),
-                                            ROWS=_rows(), num_warps=_warps(d))
+    grid, per = _launch(n)
+    _kernels().add_layer_norm_kernel[grid](y, residual, weight, bias, out, n, eps, D=d, BLOCK_D=_block(d), ROWS=per,
+                                           num_warps=_warps(d))
     return out
 
 
 def gru_reset(g_rz: torch.Tensor, h: torch.Tensor, rh: torch.Tensor) -> None:
     """rh = sigmoid(g_rz[:, :D]) * h, written in rh's dtype; g_rz (P, 2D) compute dtype, h (P, D) float32."""
     p, d = h.shape
-    _kernels()["gru_reset"][_grid(p)](g_rz, h, rh, p, D=d, BLOCK_D=_block(d), ROWS=_rows(), num_warps=_warps(d))
+    grid, per = _launch(p)
+    _kernels().gru_reset_kernel[grid](g_rz, h, rh, p, D=d, BLOCK_D=_block(d), ROWS=per, num_warps=_warps(d))
 
 
 def gru_update_score(g_h: torch.Tensor, g_rz: torch.Tensor, h: torch.Tensor, h_c: torch.Tensor, norm_weight: torch.Tensor,
                      norm_bias: torch.Tensor, eps: float, query_w: torch.Tensor, query_b: torch.Tensor, scores: torch.Tensor) -> None:
     """One GRU step's update (h in place, h_c its compute-dtype copy) and its pooling score into `scores` (P,)."""
     p, d = h.shape
-    _kernels()["gru_update_score"][_grid(p)](g_h, g_rz, h, h_c, norm_weight, norm_bias, query_w, query_b, scores, p, eps,
-                                             D=d, BLOCK_D=_block(d), ROWS=_rows(), num_warps=_warps(d))
+    grid, per = _launch(p)
+    _kernels().gru_update_score_kernel[grid](g_h, g_rz, h, h_c, norm_weight, norm_bias, query_w, query_b, scores, p, eps,
+                                             D=d, BLOCK_D=_block(d), ROWS=per, num_warps=_warps(d))
 
 
 __all__ = ["add_layer_norm", "available", "gru_reset", "gru_update_score", "interpreted", "supported"]
