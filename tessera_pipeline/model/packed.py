@@ -112,7 +112,10 @@ class _Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, fused: bool, rows: int) -> None:
         self.weight = weight.detach().to(dtype).contiguous()
         if fused and dtype == torch.bfloat16:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
+            try:
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
+            except RuntimeError:  # a oneDNN build without a bf16 layout for this CPU: plain weights, reordered per call
+                pass
         self.bias = bias.detach().to(dtype).contiguous() if bias is not None else None
         self.fused = fused
 
