@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,10 @@ def test_a_calibrated_plan_predicts_the_run_within_15_percent(tmp_path: Path) ->
     for attempt in range(3):
         predicted, measured, breakdown = _predict_and_run(tmp_path, attempt)
         error = abs(predicted - measured) / measured
-        print(f"attempt {attempt + 1}: predicted {predicted:.1f} s, measured {measured:.1f} s, error {100 * error:.1f} %; {breakdown}")
+        line = f"attempt {attempt + 1}: predicted {predicted:.1f} s, measured {measured:.1f} s, error {100 * error:.1f} %; {breakdown}"
+        print(line)
         errors.append((error, predicted, measured, breakdown))
         if error < 0.15:
             break
+        warnings.warn(f"a calibrate-and-run pair missed: {line}", stacklevel=1)  # in CI's warnings summary
     assert min(errors)[0] < 0.15, errors
