@@ -147,7 +147,6 @@ def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Pa
                    landmask=south_landmask())
 
 
-
 def test_years_are_only_appended_to_a_zone_time_axis(tmp_path: Path) -> None:
     """geotessera's rule: a later year grows the axis; an earlier one is refused, never appended out of order."""
     import zarr

@@ -75,7 +75,7 @@ def calibrate(
     machine at hand); pass the real hourly price to compare it with cloud profiles. `pin` pins this
     process to the physical cores it times, as `run` pins its CPU actors.
     """
-    from tessera_pipeline.bench.encoder_bench import random_model, synthetic_tile
+    from tessera_pipeline.bench.encoder_bench import random_model
     from tessera_pipeline.encode import TileEncoder
     from tessera_pipeline.encode.setup import encode_settings
     from tessera_pipeline.hardware import configure_threads, detect
@@ -108,14 +108,13 @@ def calibrate(
             say(f"calibrating {model} {precision}: {height}x{width} tile, batch {batch}, {settings.kernels} kernels, "
                 f"{torch.get_num_threads()} threads")
             first_s = _timed_encode(encoder, (height, width), hw.device, seed=1)[0] if (height, width) != SMALL else 0.0
-            small_s, small_px = _timed_encode(encoder, SMALL, hw.device, seed=TIMED_SEEDS[0])
-            timed = [_timed_encode(encoder, (height, width), hw.device, seed=seed)[0] for seed in TIMED_SEEDS]
-            seconds, pixels = float(np.mean(timed)), height * width
-            if (height, width) == SMALL:
-                small_s = seconds
+            small = _timed_encode(encoder, SMALL, hw.device, seed=TIMED_SEEDS[0]) if (height, width) != SMALL else None
+            timed = [_timed_encode(encoder, (height, width), hw.device, seed=seed) for seed in TIMED_SEEDS]
+            seconds, pixels = float(np.mean([t for t, _ in timed])), height * width
+            small_s, small_px = (small[0], small[1].n_pixels) if small else (seconds, pixels)
             warm_s = max(warm_s, first_s - seconds)
             fixed = _fixed_seconds(small_s, small_px, seconds, pixels)
-            tokens = float(np.mean([tokens_per_pixel(synthetic_tile(height, width, seed=seed)) for seed in TIMED_SEEDS]))
+            tokens = float(np.mean([tokens_per_pixel(tile) for _, tile in timed]))
             say(f"{model} {precision}: {seconds:.2f} s for {pixels} px ({fixed:.2f} s of it fixed per tile), "
                 f"{1e3 * (seconds - fixed) / pixels:.3f} ms/pixel per actor")
             timings.append(
@@ -226,8 +225,8 @@ def tokens_per_pixel(tile: DPixelTile) -> float:
     return float(int((np.asarray(tile.masks) != 0).sum()) + s1) / tile.n_pixels
 
 
-def _timed_encode(encoder: TileEncoder, size: tuple[int, int], device: str, *, seed: int) -> tuple[float, int]:
-    """Wall seconds to encode one synthetic tile of `size` drawn with `seed`, and its pixels."""
+def _timed_encode(encoder: TileEncoder, size: tuple[int, int], device: str, *, seed: int) -> tuple[float, DPixelTile]:
+    """Wall seconds to encode one synthetic tile of `size` drawn with `seed`, and the tile."""
     from tessera_pipeline.bench.encoder_bench import synthetic_tile
 
     tile = synthetic_tile(*size, seed=seed)
@@ -235,7 +234,7 @@ def _timed_encode(encoder: TileEncoder, size: tuple[int, int], device: str, *, s
     encoder.encode(tile)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, tile.n_pixels
+    return time.perf_counter() - t0, tile
 
 
 def _fixed_seconds(small_s: float, small_px: int, big_s: float, big_px: int) -> float:

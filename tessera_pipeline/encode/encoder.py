@@ -110,7 +110,9 @@ class TileEncoder:
         self._packed32: dict[Stream, PackedBackbone] = {}
         if self.settings.kernels == "packed":
             fused = None if dtype != torch.float16 else False
-            self._packed = {s: PackedBackbone(m, dtype, fused=fused) for s, m in self._modules.items()}
+            batch = self.settings.batch_size
+            self._packed = {s: PackedBackbone(m, dtype, fused=fused, pack_pixels=batch, pack_tokens=batch * TOKENS_PER_PIXEL)
+                            for s, m in self._modules.items()}
         self._engine: FixedShapeEngine | None = None
         if self.settings.kernels == "fixed":
             self._engine = FixedShapeEngine(
