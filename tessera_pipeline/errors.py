@@ -147,6 +147,14 @@ class CommitConflictError(StoreConflictError):
         super().__init__(message, tile=tile)
 
 
+class FencedError(StoreConflictError):
+    """A commit refused by the store's lease: a newer driver holds it, or this driver's lease lapsed.
+
+    The writer's version is discarded and no marker is written; the driver that dispatched the tile has
+    been (or may be about to be) replaced, so it must stop, not retry.
+    """
+
+
 class StoreIntegrityError(StoreError):
     """A committed tile's data does not match its commit marker (checksum, shape or dtype)."""
 

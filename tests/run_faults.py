@@ -58,8 +58,10 @@ class NeverStarts(EncodeProcessor):
 class BrokenActor(EncodeProcessor):
     """One actor of the run (the first to claim `flag`) fails every tile at once, as on a broken GPU; the rest are healthy."""
 
-    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, flag: str, delay_s: float = 0.0) -> None:
+    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, flag: str, delay_s: float = 0.0,
+                 record: str = "") -> None:
         super().__init__(spec, checkpoint, delay_s=delay_s)
+        self.record = record
         try:
             fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -70,6 +72,9 @@ class BrokenActor(EncodeProcessor):
 
     def encode(self, fetched: Any) -> Any:
         if self.broken:
+            if self.record:
+                with open(self.record, "a") as f:
+                    f.write(f"{fetched[0].name}\n")
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().encode(fetched)
 
@@ -105,3 +110,30 @@ class EvictionProbe(EncodeProcessor):
         left = [p for p in self.cache_dir.rglob("*") if p.is_file() and req.tile in str(p)] if self.cache_dir.exists() else []
         with open(self.record, "a") as f:
             f.write(f"{req.tile} {len(left)}\n")
+
+
+class RaiseOn(EncodeProcessor):
+    """The real processor, raising an unexpected error every time it encodes one of `tiles` (a poison tile: the
+    same on every actor), as an unforeseen bug or a 403 on one input object would."""
+
+    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, tiles: list[str], delay_s: float = 0.0) -> None:
+        super().__init__(spec, checkpoint, delay_s=delay_s)
+        self.poison = set(tiles)
+
+    def encode(self, fetched: Any) -> Any:
+        if fetched[0].name in self.poison:
+            raise RuntimeError(f"unexpected failure on {fetched[0].name}")
+        return super().encode(fetched)
+
+
+class KillOn(EncodeProcessor):
+    """The real processor, exiting its process with 137 (as the OOM killer does) every time it encodes `tile`."""
+
+    def __init__(self, spec: WorkerSpec, checkpoint: Path | None, *, tile: str, delay_s: float = 0.0) -> None:
+        super().__init__(spec, checkpoint, delay_s=delay_s)
+        self.poison = tile
+
+    def encode(self, fetched: Any) -> Any:
+        if fetched[0].name == self.poison:
+            os._exit(137)
+        return super().encode(fetched)

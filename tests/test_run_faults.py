@@ -98,8 +98,10 @@ def test_a_restarting_actor_is_waited_for_not_killed_for_good(hung_run: dict[str
 def test_an_actor_failing_every_tile_is_quarantined_and_no_good_tile_fails(two_nodes: Any, tmp_path: Path) -> None:
     make_inputs(tmp_path / "inputs", TWENTY)
     small_checkpoint(tmp_path / "ckpt.pt")
+    failed_there = tmp_path / "failed-on-broken.txt"
     report = start(config(tmp_path, region={"tiles": "unused"}, retry_backoff_s=0.5), tileset(TWENTY),
-                   processor="run_faults:BrokenActor", processor_options={"flag": str(tmp_path / "broken"), "delay_s": 0.5},
+                   processor="run_faults:BrokenActor",
+                   processor_options={"flag": str(tmp_path / "broken"), "delay_s": 0.5, "record": str(failed_there)},
                    on_progress=_watchdog(180))
     assert (tmp_path / "broken").exists(), "no actor was broken"
     assert report.outcome is not None
@@ -107,6 +109,10 @@ def test_an_actor_failing_every_tile_is_quarantined_and_no_good_tile_fails(two_n
     assert (progress.complete, progress.failed) == (20, 0), progress.to_dict()
     assert progress.quarantined >= 1, progress.to_dict()
     assert_complete_once(str(tmp_path / "store.zarr"), TWENTY)
+    # Once found, the broken actor is out: it fails its tiles only until three of them succeed elsewhere (left
+    # running, or never quarantined, it fails its whole share of the twenty).
+    wasted = failed_there.read_text().split()
+    assert len(wasted) <= 8, wasted
 
 
 def _pickled_checkpoint(path: Path) -> Path:

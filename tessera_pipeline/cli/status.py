@@ -41,10 +41,11 @@ def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool) -> 
             console.print(f"running: driver on {d['host']} (pid {d['pid']}), last beat {d['last_beat_s_ago']:.0f} s ago",
                           markup=False)
         elif st.state == "stopped":
-            why = (f"its driver on {d['host']} last beat {d['last_beat_s_ago']:.0f} s ago (lease expired)" if d
+            lapsed = bool(d) and not d.get("released")
+            why = (f"its driver on {d['host']} last beat {d['last_beat_s_ago']:.0f} s ago (lease expired)" if lapsed
                    else "no driver holds the store")
             console.print(f"not running: {why}; continue with: tessera-pipeline resume --store {store}"
-                          f"{' --takeover' if d else ''}", markup=False)
+                          f"{' --takeover' if lapsed else ''}", markup=False)
         progress = st.progress or {}
         for node in progress.get("given_up_nodes", []):
             console.print(f"  node {node['node_id'][:8]} ({node['hw_class']}) given up: {node['reason']}; "

@@ -1,10 +1,10 @@
 """Which of a run's planned tiles are done, from the store alone, in O(tiles / 1000) requests.
 
 A plain run's tile is done when it has a commit marker: one listing per year. A reprocess's tile
-is done only when the marker was written by this reprocess (its checkpoint, after it started):
-the run's commit log says so for every tile its drivers logged, markers older than the run are
-not its own, and only the few committed since the run started but missing from the log (a driver
-killed before its log page landed) are read one by one. Results are boolean masks over the plan,
+is done only when its marker names this reprocess's checkpoint and was written after it started:
+markers older than the run are not its own (from the listing), and the others (those its commit log
+names, and those committed since it started) are read, so a marker another writer put after the
+reprocess's commit is never counted done. Results are boolean masks over the plan,
 never lists of dicts, so a 1.6 M-tile plan stays small in memory.
 """
 
@@ -59,15 +59,21 @@ def committed_mask(store: TileStore, plan: PlannedTiles) -> tuple[np.ndarray, np
 
 
 def done_mask(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: PlannedTiles) -> np.ndarray:
-    """True for the planned tiles this run need not do: committed (for a reprocess: committed by it)."""
+    """True for the planned tiles this run need not do: committed (for a reprocess: its marker names the
+    reprocess's checkpoint and was written since it started).
+
+    A reprocess reads the markers of the tiles its commit log names and of those committed since it started,
+    so a tile whose marker was replaced afterwards by another writer is redone, never counted done."""
     committed, modified = committed_mask(store, plan)
     if record.get("kind") != "reprocess":
         return committed
     logged = plan_mask(plan, runlog.committed_by(record["run_id"])) & committed
     started = datetime.fromisoformat(str(record["created_at"])).timestamp()
-    unsure = np.flatnonzero(committed & ~logged & (np.nan_to_num(modified, nan=0.0) >= started - CLOCK_SLACK_S))
-    if len(unsure):
-        log.info("reprocess %s: reading %d marker(s) its commit log does not name", record["run_id"], len(unsure))
+    recent = committed & (np.nan_to_num(modified, nan=0.0) >= started - CLOCK_SLACK_S)
+    read = np.flatnonzero(logged | recent)
+    done = np.zeros(len(plan), dtype=bool)
+    if len(read):
+        log.info("reprocess %s: reading %d marker(s) to check they name its checkpoint", record["run_id"], len(read))
         sha = record["checkpoint"]["sha256"]
         since = str(record["created_at"])
 
@@ -76,5 +82,5 @@ def done_mask(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: Pl
             return bool(marker.get("provenance", {}).get("checkpoint_sha256") == sha
                         and str(marker.get("committed_at")) >= since)
 
-        logged[unsure] = np.array(parallel_map(own, unsure.tolist()), dtype=bool)
-    return logged
+        done[read] = np.array(parallel_map(own, read.tolist()), dtype=bool)
+    return done

@@ -83,10 +83,13 @@ class RunConfig(BaseModel):
     refresh_s: float = Field(default=10.0, gt=0.0, description="How often new or lost nodes are looked for")
     progress_every_s: float = Field(default=30.0, gt=0.0, description="Progress snapshots to the store and plain logs")
     local_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local cluster when none is joined")
-    quarantine_after: int = Field(default=3, ge=1, description="Failures in a row on one actor, while others succeed, "
-                                  "before it is quarantined (its tiles are not charged)")
-    max_pause_s: float = Field(default=300.0, gt=0.0, description="Longest pause of the whole run while every actor "
-                               "fails (an outage); pauses double from 5 s up to this")
+    quarantine_after: int = Field(default=3, ge=1, description="Distinct tiles that failed on one actor and then "
+                                  "succeeded elsewhere before the actor is quarantined (those tiles are refunded)")
+    max_pause_s: float = Field(default=300.0, gt=0.0, description="Longest pause between probes while the store or "
+                               "inputs fail a probe from the driver (an outage); pauses double from 5 s up to this")
+    max_unrenewed_s: float = Field(default=1800.0, gt=0.0, description="How long a driver that cannot renew its lease "
+                                   "(the store unreachable from it) waits before it stops; its commits are refused "
+                                   "by the store from one lease TTL on")
     lease_ttl_s: float = Field(default=60.0, gt=0.0, description="The driver's lease on the store: heartbeat every "
                                "third of this; a driver silent for longer can be taken over with --takeover")
     node_types: dict[str, NodeTypePolicy] = Field(default_factory=dict)

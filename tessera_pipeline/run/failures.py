@@ -15,6 +15,7 @@ from tessera_pipeline.errors import (
     CheckpointError,
     CommitConflictError,
     EncodeError,
+    FencedError,
     InputError,
     RemoteInputError,
     StoreConflictError,
@@ -24,6 +25,9 @@ from tessera_pipeline.errors import (
 Kind = Literal["permanent", "transient"]
 #: The reason of a tile lost with its spot node (Ray's `ActorDiedError.preempted`): retried, never charged.
 PREEMPTED = "preempted"
+#: The reason of a commit the store refused under a newer lease generation (or a lapsed lease): never charged;
+#: the driver checks whether it still holds the store.
+FENCED = "fenced"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def classify(exc: BaseException) -> FailureInfo:
         return FailureInfo("permanent", f"bad-input:{type(exc).__name__}", message)
     if isinstance(exc, CheckpointError):
         return FailureInfo("permanent", "bad-checkpoint", message)
+    if isinstance(exc, FencedError):
+        return FailureInfo("transient", FENCED, message)
     if isinstance(exc, CommitConflictError):
         return FailureInfo("transient", "commit-conflict", message)
     if isinstance(exc, StoreConflictError):

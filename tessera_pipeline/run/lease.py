@@ -1,33 +1,34 @@
-"""One driver per store: a lease object in `_run/` that a driver takes before it writes anything and keeps
-alive with a heartbeat.
+"""One driver per store: the lease a driver takes before it writes anything, renews while it runs, and the
+generation that fences every commit it dispatches.
 
-The lease is taken and renewed with conditional writes (`Backend.put_if`): a second driver finds a live
-lease and is refused with one line naming the run, its host and its last beat; after the lease expired
-(the driver was killed, its head node lost) `takeover` replaces it, and the old driver, should it still
-be alive, sees its next beat refused and stops. Clocks: the expiry compares wall-clock times written by
-different hosts, so the TTL must stay well above their skew (60 s by default; NTP keeps VMs within ms).
+The lease object (`store/fencing.py`) is taken and renewed with conditional writes. A second driver is
+refused while the lease is live, judged on the store's clock (the object's age as the store reports it),
+so a host whose clock runs ahead cannot take over a live driver. After the lease lapsed (the driver was
+killed, its head node lost) `takeover` replaces it with the next generation; a driver on this host whose
+process is gone is known dead and taken over at once. Renewal never deposes its own holder: a refused
+renewal re-reads the lease and goes on when it still names this driver (a renewal whose answer was lost).
+A driver that cannot renew stops dispatching after half the TTL; after the TTL the store refuses its
+commits (`Fence`); it stops for good when another driver holds the lease or it stayed unrenewed for
+`max_unrenewed_s`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.store.backend import Backend
+from tessera_pipeline.store.fencing import LEASE_KEY, Fence, LeaseRecord, StoredLease, read_lease
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "_run/lease.json"
-LEASE_FORMAT = "tessera-lease/1"
+__all__ = ["LEASE_KEY", "LeaseHeldError", "LeaseLostError", "StoreLease", "pid_is_gone", "read_lease"]
 
 
 class LeaseHeldError(RunError):
@@ -35,98 +36,93 @@ class LeaseHeldError(RunError):
 
 
 class LeaseLostError(RunError):
-    """This driver's lease was taken over: it must stop scheduling at once."""
+    """This driver no longer holds its lease (taken over, or unrenewable for too long): it must stop."""
 
 
-@dataclass(frozen=True)
-class LeaseInfo:
-    """Who holds a store: the run, the driver's host and pid, and its last heartbeat (epoch seconds)."""
-
-    run_id: str
-    driver_id: str
-    host: str
-    pid: int
-    started_at: str
-    beat_at: float
-    ttl_s: float
-    format: str = LEASE_FORMAT
-
-    def age_s(self, now: float | None = None) -> float:
-        """Seconds since the last beat."""
-        return max(0.0, (time.time() if now is None else now) - self.beat_at)
-
-    def live(self, now: float | None = None) -> bool:
-        """True while the last beat is younger than the TTL."""
-        return self.age_s(now) < self.ttl_s
-
-    def describe(self) -> str:
-        """One phrase for messages: run, host, pid and last beat."""
-        return (f"run {self.run_id} (driver on {self.host}, pid {self.pid}, last beat {self.age_s():.0f} s ago, "
-                f"lease of {self.ttl_s:.0f} s)")
-
-    def to_bytes(self) -> bytes:
-        """The lease object's JSON."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-
-def read_lease(backend: Backend) -> tuple[LeaseInfo, str] | None:
-    """The store's lease and its tag, or None when no driver holds it."""
-    found = backend.get_tagged(LEASE_KEY)
-    if found is None:
-        return None
-    raw, tag = found
+def pid_is_gone(lease: StoredLease) -> bool:
+    """True when the lease's driver ran on this host and its process no longer exists."""
+    if lease.record.host != socket.gethostname() or lease.record.pid <= 0:
+        return False
     try:
-        doc: dict[str, Any] = json.loads(raw)
-        return LeaseInfo(**{k: doc[k] for k in LeaseInfo.__dataclass_fields__ if k in doc}), tag
-    except (ValueError, TypeError, KeyError):
-        log.warning("%s/%s is unreadable; treating it as an expired lease", backend.url, LEASE_KEY)
-        return LeaseInfo("?", "?", "?", 0, "", 0.0, 0.0), tag
+        os.kill(lease.record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class StoreLease:
-    """This driver's lease on a store: `acquire`, a heartbeat thread, `release`; `lost` is set on takeover."""
+    """This driver's lease on a store: `acquire`, a heartbeat thread, `release`; `fence` for its commits.
 
-    def __init__(self, backend: Backend, run_id: str, *, ttl_s: float, takeover: bool = False) -> None:
+    `max_unrenewed_s`: how long a driver whose renewals fail (the store unreachable from it) waits for the
+    store before it gives up; its commits are refused by the store from one TTL on either way.
+    """
+
+    def __init__(self, backend: Backend, run_id: str, *, ttl_s: float, takeover: bool = False,
+                 max_unrenewed_s: float = 1800.0, command: str = "resume") -> None:
         self.backend = backend
         self.run_id = run_id
         self.ttl_s = float(ttl_s)
         self.takeover = takeover
+        self.max_unrenewed_s = max(float(max_unrenewed_s), self.ttl_s)
+        self.command = command
         self.driver_id = uuid.uuid4().hex
         self.started_at = datetime.now(timezone.utc).isoformat()
+        self.generation = 0
         self.lost = threading.Event()
         self.lost_reason = ""
         self._tag: str | None = None
+        self._renewed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed_beats = 0
 
-    def _doc(self) -> bytes:
-        return LeaseInfo(self.run_id, self.driver_id, socket.gethostname(), os.getpid(), self.started_at,
-                         time.time(), self.ttl_s).to_bytes()
+    def _doc(self, *, released: bool = False) -> bytes:
+        return LeaseRecord(self.run_id, self.driver_id, socket.gethostname(), os.getpid(), self.started_at,
+                           time.time(), self.ttl_s, self.generation, released).to_bytes()
 
-    def acquire(self) -> LeaseInfo | None:
-        """Take the lease, or raise LeaseHeldError naming who holds it; returns the lease replaced, if any."""
+    @property
+    def fence(self) -> Fence:
+        """What this driver's commits are checked against in the store."""
+        return Fence(self.generation, self.ttl_s)
+
+    def _resume_hint(self) -> str:
+        return f"`tessera-pipeline {self.command} --store {self.backend.url} --takeover`"
+
+    def acquire(self) -> LeaseRecord | None:
+        """Take the lease (the next generation), or raise LeaseHeldError saying who holds it, until when, and
+        what to run; returns the lease replaced, if a driver held it."""
         current = read_lease(self.backend)
-        tag: str | None = None
-        replaced: LeaseInfo | None = None
         url = self.backend.url
-        if current is not None:
-            info, tag = current
-            if info.live():
-                raise LeaseHeldError(f"{url} is in use by {info.describe()}: one driver per store; wait for it "
-                                     f"to finish, or stop it (`tessera-pipeline status --store {url}` shows it)")
+        replaced: LeaseRecord | None = None
+        if current is not None and not current.record.released:
+            gone = pid_is_gone(current)
+            if current.live() and not (gone and self.takeover):
+                if gone:
+                    raise LeaseHeldError(f"{url} is held by {current.describe()}, but that process is gone from "
+                                         f"this host: the driver is dead; take the store over with {self._resume_hint()}")
+                raise LeaseHeldError(
+                    f"{url} is in use by {current.describe()}: one driver per store. The lease lapses in "
+                    f"{current.expires_in_s():.0f} s unless that driver renews it: if it is dead, run "
+                    f"{self._resume_hint()} after that; if it is alive, wait for it or stop it "
+                    f"(`tessera-pipeline status --store {url}` shows it)")
             if not self.takeover:
-                raise LeaseHeldError(f"{url} was in use by {info.describe()}; its lease has expired, so that driver "
-                                     f"is probably dead: pass --takeover to take the store over")
-            replaced = info
+                raise LeaseHeldError(f"{url} was in use by {current.describe()}; its lease has lapsed, so that "
+                                     f"driver is probably dead: take the store over with {self._resume_hint()}")
+            replaced = current.record
+        self.generation = (current.record.generation if current is not None else 0) + 1
         data = self._doc()
-        if not self.backend.put_if(LEASE_KEY, data, tag=tag):
+        started = time.monotonic()
+        if not self.backend.put_if(LEASE_KEY, data, tag=None if current is None else current.tag):
             now = read_lease(self.backend)
-            who = now[0].describe() if now else "another driver"
+            who = now.describe() if now else "another driver"
             raise LeaseHeldError(f"{url} was just taken by {who}")
         self._tag = self._own_tag(data)
+        self._renewed_at = started
         if replaced is not None:
-            log.warning("took over %s from %s", url, replaced.describe())
+            log.warning("took over %s from %s (generation %d -> %d)", url, current.describe() if current else "?",
+                        replaced.generation, self.generation)
         return replaced
 
     def _own_tag(self, data: bytes) -> str | None:
@@ -135,33 +131,92 @@ class StoreLease:
             return None
         return found[1]
 
+    def _still_mine(self, lease: StoredLease | None) -> bool:
+        return lease is not None and lease.record.driver_id == self.driver_id and \
+            lease.record.generation == self.generation and not lease.record.released
+
     def beat(self) -> bool:
-        """Renew the lease; False (and `lost` set) when another driver took it. Store errors are retried later."""
+        """Renew the lease; False (and `lost` set) only when another driver holds it now or it stayed
+        unrenewed past `max_unrenewed_s`. A refusal whose re-read still names this driver (its previous
+        renewal landed but the answer was lost) is no takeover: renewal goes on with the tag read."""
         if self.lost.is_set():
             return False
+        started = time.monotonic()
         data = self._doc()
         try:
             ok = self._tag is not None and self.backend.put_if(LEASE_KEY, data, tag=self._tag)
-            if ok:
-                self._tag = self._own_tag(data) or self._tag
-                self.failed_beats = 0
-                return True
-            holder = read_lease(self.backend)
-        except Exception as exc:  # the store is unreachable: keep running, beat again soon
+            if not ok:
+                holder = read_lease(self.backend)
+                if not self._still_mine(holder):
+                    return self._deposed(holder)
+                assert holder is not None
+                ok = self.backend.put_if(LEASE_KEY, data, tag=holder.tag)
+                if not ok:
+                    return True  # it changed again meanwhile: judge it at the next beat
+            self._tag = self._own_tag(data) or self._tag
+        except Exception as exc:  # the store is unreachable from here (or only its writes are): keep trying, soon
             self.failed_beats += 1
-            log.warning("lease heartbeat failed (%d in a row): %s", self.failed_beats, str(exc).splitlines()[0])
+            log.warning("lease heartbeat failed (%d in a row, last renewed %.0f s ago): %s", self.failed_beats,
+                        self.unrenewed_s(), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            if self._taken_meanwhile():
+                return False
+            if self.unrenewed_s() > self.max_unrenewed_s:
+                return self._give_up(f"the lease on {self.backend.url} could not be renewed for "
+                                     f"{self.unrenewed_s():.0f} s")
             return True
-        who = holder[0].describe() if holder else "nobody (the lease was deleted)"
-        self.lost_reason = f"the lease on {self.backend.url} was taken over; it is now held by {who}"
-        self.lost.set()
-        log.error("%s: stopping this driver", self.lost_reason)
+        self._renewed_at = started
+        if self.failed_beats:
+            log.warning("lease renewed again after %d failed heartbeat(s)", self.failed_beats)
+        self.failed_beats = 0
+        return True
+
+    def _taken_meanwhile(self) -> bool:
+        """After a failed renewal: True (and `lost` set) when a read shows another driver holds the lease now."""
+        try:
+            holder = read_lease(self.backend)
+        except Exception:  # reads fail too: nothing is known, keep trying
+            return False
+        if holder is not None and not self._still_mine(holder) and holder.record.generation > self.generation:
+            self._deposed(holder)
+            return True
         return False
 
+    def _deposed(self, holder: StoredLease | None) -> bool:
+        who = holder.describe() if holder else "nobody (the lease was deleted)"
+        return self._give_up(f"the lease on {self.backend.url} was taken over; it is now held by {who}")
+
+    def _give_up(self, reason: str) -> bool:
+        self.lost_reason = (f"{reason}: this driver stopped; its commits are refused by the store. Run "
+                            f"{self._resume_hint()} to go on")
+        self.lost.set()
+        log.error("%s", self.lost_reason)
+        return False
+
+    def deposed_by_store(self, message: str) -> None:
+        """A worker's commit was refused under a newer generation: another driver holds the store."""
+        holder = None
+        try:
+            holder = read_lease(self.backend)
+        except Exception as exc:  # the worker's word is enough: its commit was refused by the store
+            log.debug("lease re-read after a fenced commit failed: %s", exc)
+        if holder is not None and self._still_mine(holder):
+            return
+        if not self.lost.is_set():
+            self._deposed(holder) if holder is not None else self._give_up(message)
+
+    def unrenewed_s(self) -> float:
+        """Seconds since the last renewal the store confirmed (measured from before it was sent)."""
+        return time.monotonic() - self._renewed_at
+
+    def may_dispatch(self) -> bool:
+        """True while the lease was renewed within half its TTL: new tiles go out only then."""
+        return not self.lost.is_set() and self.unrenewed_s() < self.ttl_s / 2.0
+
     def start_heartbeat(self) -> None:
-        """Beat every third of the TTL in a background thread until `release`."""
+        """Beat every third of the TTL (every twelfth while renewals fail) in a background thread until `release`."""
 
         def loop() -> None:
-            while not self._stop.wait(self.ttl_s / 3.0):
+            while not self._stop.wait(self.ttl_s / (12.0 if self.failed_beats else 3.0)):
                 if not self.beat():
                     return
 
@@ -169,21 +224,22 @@ class StoreLease:
         self._thread.start()
 
     def check(self) -> None:
-        """Raise LeaseLostError when the lease was taken over (the driver loop calls this every round)."""
+        """Raise LeaseLostError once this driver no longer holds the store (the driver loop calls this every round)."""
         if self.lost.is_set():
             raise LeaseLostError(self.lost_reason)
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lease if it is still ours."""
+        """Stop the heartbeat and mark the lease released if it is still ours (the generation is kept)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.lost.is_set():
+        if self.lost.is_set() or self._tag is None:
             return
         try:
             current = read_lease(self.backend)
-            if current is not None and current[0].driver_id == self.driver_id:
-                self.backend.delete(LEASE_KEY)
-        except Exception as exc:  # the lease then simply expires
-            log.warning("could not release the lease on %s (it expires in %.0f s): %s", self.backend.url,
+            if self._still_mine(current):
+                assert current is not None
+                self.backend.put_if(LEASE_KEY, self._doc(released=True), tag=current.tag)
+        except Exception as exc:  # the lease then simply lapses
+            log.warning("could not release the lease on %s (it lapses in %.0f s): %s", self.backend.url,
                         self.ttl_s, str(exc).splitlines()[0])

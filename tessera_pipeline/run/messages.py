@@ -41,15 +41,18 @@ class WorkerSpec:
     processor_options: dict[str, Any] = field(default_factory=dict)
     log_level: int = logging.WARNING
     cores_per_actor: int = 0
+    lease_ttl_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class TileRequest:
-    """One tile to process, and which try this is."""
+    """One tile to process, which try this is, and the lease generation of the driver that sent it (0: no
+    fence; the store refuses the commit once a newer generation holds the store, `store/fencing.py`)."""
 
     year: int
     tile: str
     attempt: int = 1
+    generation: int = 0
 
 
 @dataclass(frozen=True)

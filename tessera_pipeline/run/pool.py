@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,12 +74,11 @@ class ActorSlot:
     inflight: list[Any] = field(default_factory=list)
     head_since: float = 0.0
     tiles_done: int = 0
-    streak: list[int] = field(default_factory=list)
-    streak_started: float = 0.0
     last_error: str = ""
     threads: int = 0
     cores: tuple[int, ...] = ()
     checkpoint_fetched_bytes: int = 0
+    deaths: int = 0
 
 
 @dataclass
@@ -204,8 +203,10 @@ class Pool:
         self.demand = {cls: class_policy(cls, config) for cls in config.node_types
                        if class_policy(cls, config).by_demand}
         self._class_replacements: dict[str, deque[float]] = {}
+        self._started_by_class: Counter[str] = Counter()
+        self._node_errors: dict[str, str] = {}
 
-    def _collect_probes(self, node_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _collect_probes(self, node_ids: list[str], *, wait_s: float) -> dict[str, dict[str, Any]]:
         """Start probes of nodes that declare no class (all at once, in the background) and collect the finished
         ones; a failed probe is retried with backoff, never stalling the scheduling loop."""
         import ray
@@ -221,7 +222,7 @@ class Pool:
         if not self._probes:
             return {}
         refs = {ref: n for n, (ref, _) in self._probes.items()}
-        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_WAIT_S)
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=wait_s)
         out: dict[str, dict[str, Any]] = {}
         for ref in done:
             node_id = refs[ref]
@@ -247,7 +248,7 @@ class Pool:
         nodes = ray.nodes()
         alive = {str(n["NodeID"]): n for n in nodes if n.get("Alive")}
         started: list[ActorSlot] = self._ensure_demand()
-        for slot in self.slots.values():
+        for slot in list(self.slots.values()):
             if slot.spec.node_id and slot.node_id not in alive and slot.state != "dead":
                 log.warning("node %s is gone: dropping actor %s", slot.node_id[:8], slot.key)
                 self.kill(slot, restart=False)
@@ -257,7 +258,7 @@ class Pool:
         if not new:
             return started
         needs_probe = [n for n in new if _needs_probe(alive[n])]
-        probes = self._collect_probes(needs_probe) if needs_probe else {}
+        probes = self._collect_probes(needs_probe, wait_s=PROBE_WAIT_S if force else 0.0) if needs_probe else {}
         for node_id in new:
             if node_id in needs_probe and node_id not in probes:
                 continue
@@ -272,19 +273,26 @@ class Pool:
         return started
 
     def _replace_lost(self, alive: dict[str, Any]) -> list[ActorSlot]:
-        """Start a new actor for every actor that died for good on a node that is still alive."""
+        """Start a new actor for every actor that died for good on a node that is still alive (work in proportion
+        to the live actors and planned nodes, never to the dead)."""
         started: list[ActorSlot] = []
         now = time.monotonic()
+        have: dict[str, list[WorkerSpec]] = defaultdict(list)
+        for s in self.slots.values():
+            if s.state != "dead":
+                have[s.node_id].append(s.spec)
         for node_id, plan in self._node_plans.items():
             if node_id not in alive or node_id in self.given_up:
                 continue
-            have = [s.spec for s in self.slots.values() if s.node_id == node_id and s.state != "dead"]
+            mine = have.get(node_id, [])
+            if len(mine) >= len(plan.specs):
+                continue
             recent = self._replacements.setdefault(node_id, deque())
             while recent and now - recent[0] > REPLACEMENT_WINDOW_S:
                 recent.popleft()
             for spec in plan.specs:
-                if spec in have:
-                    have.remove(spec)
+                if spec in mine:
+                    mine.remove(spec)
                 elif len(recent) < MAX_REPLACEMENTS_PER_NODE:
                     recent.append(now)
                     log.info("node %s: replacing a lost %s actor", node_id[:8], plan.hw_class)
@@ -303,11 +311,12 @@ class Pool:
             return []
         started: list[ActorSlot] = []
         cap = self.config.max_actors
-        total = sum(1 for s in self.live() if s.policy.hw_class in self.demand)
+        live = Counter(s.policy.hw_class for s in self.live())
+        total = sum(n for cls, n in live.items() if cls in self.demand)
         now = time.monotonic()
         for cls, policy in self.demand.items():
-            have = sum(1 for s in self.live() if s.policy.hw_class == cls)
-            ever = sum(1 for s in self.slots.values() if s.policy.hw_class == cls)
+            have = live.get(cls, 0)
+            ever = self._started_by_class[cls]
             recent = self._class_replacements.setdefault(cls, deque())
             while recent and now - recent[0] > REPLACEMENT_WINDOW_S:
                 recent.popleft()
@@ -338,6 +347,7 @@ class Pool:
         ).remote(spec)
         slot = ActorSlot(key, "", policy, spec, handle, handle.load.remote(self.checkpoint))
         self.slots[key] = slot
+        self._started_by_class[hw_class] += 1
         log.info("asking Ray for a %s actor (%s, batch %d, %.1f CPUs%s)", hw_class, policy.precision,
                  policy.batch_size, policy.demand_cpus, ", 1 GPU" if policy.is_gpu else "")
         return slot
@@ -347,9 +357,9 @@ class Pool:
         if node_id in self.given_up:
             return
         last = next((s.last_error for s in reversed(list(self.slots.values())) if s.node_id == node_id and s.last_error),
-                    self.last_death)
+                    self._node_errors.get(node_id) or self.last_death)
         self.given_up[node_id] = GivenUpNode(node_id, self.node_classes.get(node_id, "?"), reason, last, time.time())
-        for slot in self.slots.values():
+        for slot in list(self.slots.values()):
             if slot.node_id == node_id and slot.state != "dead":
                 self.kill(slot, restart=False)
         log.error("node %s (%s): giving up on this node: %s; last error: %s. Remove it from the cluster "
@@ -422,6 +432,7 @@ class Pool:
         slot = ActorSlot(key, plan.node_id, class_policy(plan.hw_class, self.config), spec, handle,
                          handle.load.remote(self.checkpoint))
         self.slots[key] = slot
+        self._started_by_class[plan.hw_class] += 1
         log.info("starting actor %s (%s, batch %d, cores %s, %.1f GiB)", key, spec.precision, spec.batch_size,
                  spec.cores or "-", plan.memory / GIB)
         return slot
@@ -438,6 +449,9 @@ class Pool:
             self.recover(slot)
         else:
             slot.state = "dead"
+            if slot.last_error:
+                self._node_errors[slot.node_id] = slot.last_error
+            self.slots.pop(slot.key, None)
 
     def recover(self, slot: ActorSlot) -> None:
         """Wait for an actor that may be restarting: it takes tiles again once it has (re)loaded its checkpoint."""
@@ -486,6 +500,12 @@ class Pool:
         """True when no actor is left and every node planned with actors was given up (actors kept dying there)."""
         with_actors = {n for n, plan in self._node_plans.items() if plan.specs and n not in self._dead_nodes}
         return bool(with_actors) and with_actors <= set(self.given_up) and not self.live()
+
+    def why_given_up(self) -> str:
+        """One line naming each given-up node's reason and last error (what `gave_up_everywhere` ends a run with)."""
+        parts = [f"node {g.node_id[:8]} ({g.hw_class}): {g.reason}; last error: {g.last_error or 'none recorded'}"
+                 for g in self.given_up.values()]
+        return "; ".join(parts) or f"the last actor died with: {self.last_death or 'no error recorded'}"
 
     def node_is_dead(self, node_id: str) -> bool:
         """True once a node was seen gone."""

@@ -146,14 +146,18 @@ class _Op:
 class RecordWriter:
     """Writes the driver's failure records and progress snapshots in the background, retrying each until it lands.
 
+    `may_write` is asked before every write: once it says no (the driver lost the store's lease) nothing more
+    is written, so a deposed driver never records failures over its successor's work.
+
     `record_failure`, `clear_failure`, `save_progress` and `log_commit` return at once; for each tile only
     the latest operation is kept, so a record cleared before it was written is never written. Commits
     are logged in pages of up to 1,000 named for this driver session (never two writers on one key).
     """
 
-    def __init__(self, runlog: RunLog, run_id: str) -> None:
+    def __init__(self, runlog: RunLog, run_id: str, *, may_write: Callable[[], bool] | None = None) -> None:
         self.runlog = runlog
         self.run_id = run_id
+        self._may_write = may_write or (lambda: True)
         self._ops: dict[Any, _Op] = {}
         self._cond = threading.Condition()
         self._stop = False
@@ -234,6 +238,11 @@ class RecordWriter:
             if item is None:
                 return
             key, op = item
+            if not self._may_write():
+                with self._cond:
+                    self._stop = True
+                log.error("this driver no longer holds the store: %d record(s) left unwritten", self.pending)
+                return
             try:
                 op.apply()
             except Exception as exc:  # any store error: keep the operation and try again later

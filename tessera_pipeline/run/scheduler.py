@@ -3,10 +3,11 @@ policies that charge each failure to its cause.
 
 Every idle actor gets work while any tile is due: a due retry first (not on an actor it failed on, when
 another can take it), else the largest tile left. Transient failures are retried with backoff
-(`RetryPolicy`); an actor that keeps failing while others succeed is quarantined and the tiles it failed
-are not charged; when every actor fails (an outage) the whole run pauses (`HealthPolicy`'s circuit
-breaker) instead of burning attempts. Store writes go through `RecordWriter`, never blocking the loop.
-The scheduler never holds tile data: workers return small `TileResult`s.
+(`RetryPolicy`) and charged unless evidence says otherwise (`attribution.py`: actors at fault are
+quarantined and refunded, an outage is a failed probe of the store or inputs, a tile that kills its
+worker runs alone until it is proven guilty). New tiles go out only while the lease was renewed within
+half its TTL. Store writes go through `RecordWriter`, never blocking the loop. The scheduler never
+holds tile data: workers return small `TileResult`s.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.run.config import RunConfig
-from tessera_pipeline.run.failures import PREEMPTED, FailureInfo, classify
+from tessera_pipeline.run.attribution import DEATHS, WORKER_KILLED, Attribution, OutagePolicy
+from tessera_pipeline.run.failures import FENCED, PREEMPTED, FailureInfo, classify
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import TileRequest, TileResult
 from tessera_pipeline.run.pool import ActorSlot, Pool, is_restarting
+from tessera_pipeline.run.probe import Prober
 from tessera_pipeline.run.progress import ClassStats, Metrics, RecordWriter, RunOutcome, RunProgress
 from tessera_pipeline.run.worker import RESTARTED
 from tessera_pipeline.store.runlog import PlannedTiles
@@ -54,77 +57,6 @@ class RetryPolicy:
 
 
 @dataclass
-class Verdict:
-    """What one failure means: charge the tile an attempt or not, quarantine the actor, pause the run."""
-
-    charge: bool = True
-    quarantine: bool = False
-    pause_s: float = 0.0
-    refund: list[int] = field(default_factory=list)
-
-
-@dataclass
-class HealthPolicy:
-    """Charges failures to their cause.
-
-    An actor with `quarantine_after` transient failures in a row while another actor succeeded since its
-    streak began is broken: quarantine it and refund its streak. Failures in a row with no success in
-    between, from at least two actors (or the only one), as many as there are actors (at least 2, at most
-    `breaker_after`), are an outage: pause every dispatch for `pause_first_s`, doubling up to `pause_max_s`
-    while it lasts, and refund them.
-    """
-
-    quarantine_after: int = 3
-    breaker_after: int = 4
-    pause_first_s: float = 5.0
-    pause_max_s: float = 300.0
-    fleet_streak: list[tuple[str, int]] = field(default_factory=list)
-    last_success_at: float = -1.0
-    pause_until: float = 0.0
-    pauses: int = 0
-    last_error: str = ""
-
-    def paused(self, now: float) -> bool:
-        """True while the circuit breaker holds dispatch."""
-        return now < self.pause_until
-
-    def on_success(self, slot: ActorSlot, now: float) -> None:
-        """A commit: the actor and the fleet are healthy; the breaker closes."""
-        slot.streak.clear()
-        self.fleet_streak.clear()
-        self.last_success_at = now
-        if self.pauses:
-            log.info("the store and inputs answer again: the run goes on")
-        self.pauses = 0
-
-    def on_failure(self, slot: ActorSlot, index: int, info: FailureInfo, now: float, actors: int) -> Verdict:
-        """Judge one transient failure of tile `index` on `slot`."""
-        self.last_error = f"{info.reason}: {info.message}"
-        if self.paused(now):
-            return Verdict(charge=False)
-        if not slot.streak:
-            slot.streak_started = now
-        slot.streak.append(index)
-        self.fleet_streak.append((slot.key, index))
-        others_ok = self.last_success_at >= slot.streak_started
-        if len(slot.streak) >= self.quarantine_after and others_ok and actors > 1:
-            refund = slot.streak[:-1]
-            slot.streak.clear()
-            self.fleet_streak = [(k, i) for k, i in self.fleet_streak if k != slot.key]
-            return Verdict(charge=False, quarantine=True, refund=refund)
-        distinct = {k for k, _ in self.fleet_streak}
-        threshold = min(self.breaker_after, max(2, actors))
-        if len(self.fleet_streak) >= threshold and (len(distinct) >= 2 or actors <= 1):
-            pause = min(self.pause_max_s, self.pause_first_s * 2 ** self.pauses)
-            self.pauses += 1
-            self.pause_until = now + pause
-            refund = [i for _, i in self.fleet_streak[:-1]]
-            self.fleet_streak.clear()
-            return Verdict(charge=False, pause_s=pause, refund=refund)
-        return Verdict()
-
-
-@dataclass
 class _Inflight:
     slot: ActorSlot
     index: int
@@ -146,7 +78,7 @@ class Scheduler:
         config: RunConfig,
         lease: StoreLease | None = None,
         fenced_store: bool = True,
-        health: HealthPolicy | None = None,
+        prober: Prober | None = None,
         on_progress: Callable[[RunProgress], None] | None = None,
         stop_after: int | None = None,
     ) -> None:
@@ -158,8 +90,10 @@ class Scheduler:
         self.config = config
         self.lease = lease
         self.fenced_store = fenced_store
+        self.prober = prober
         self.retry = RetryPolicy(config.max_attempts, config.retry_backoff_s)
-        self.health = health or HealthPolicy(quarantine_after=config.quarantine_after, pause_max_s=config.max_pause_s)
+        self.evidence = Attribution(config.quarantine_after)
+        self.outage = OutagePolicy(pause_max_s=config.max_pause_s)
         self.on_progress = on_progress
         self.stop_after = stop_after
         self.queue: deque[int] = deque(range(len(todo)))
@@ -169,6 +103,7 @@ class Scheduler:
         self.avoid: dict[int, set[str]] = defaultdict(set)
         self.inflight: dict[Any, _Inflight] = {}
         self.timed_out: set[Any] = set()
+        self.deaths: dict[str, set[Any]] = {}
         self.by_class: dict[str, ClassStats] = defaultdict(ClassStats)
         self.failed_by_reason: Counter[str] = Counter()
         self.retries_by_reason: Counter[str] = Counter()
@@ -176,6 +111,7 @@ class Scheduler:
         self.metrics = Metrics(run_id)
         self.progress = RunProgress(run_id, len(todo), already_complete, pixels_total=todo.total_pixels)
         self._t0 = 0.0
+        self._last_failure: dict[int, tuple[FailureInfo, str]] = {}
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -187,12 +123,13 @@ class Scheduler:
         return any(s.key not in avoided for s in self.pool.live() if s is not slot)
 
     def _next_index(self, slot: ActorSlot, now: float) -> int | None:
-        """The next tile for an actor: a due retry first (not one better done elsewhere), else the largest left."""
+        """The next tile for an actor: a due retry first (not one better done elsewhere; a suspect only to an
+        idle actor, alone), else the largest left."""
         skipped: list[tuple[float, int]] = []
         chosen = None
         while self.retry_heap and self.retry_heap[0][0] <= now:
             item = heapq.heappop(self.retry_heap)
-            if self._elsewhere(item[1], slot):
+            if self._elsewhere(item[1], slot) or (slot.inflight and self.evidence.is_suspect(item[1])):
                 skipped.append(item)
                 continue
             chosen = item[1]
@@ -204,19 +141,30 @@ class Scheduler:
         return self.queue.popleft() if self.queue else None
 
     def _submit(self, slot: ActorSlot, index: int, now: float) -> None:
-        req = TileRequest(int(self.todo.years[index]), self.todo.tiles[index], int(self.attempts[index]) + 1)
+        generation = self.lease.generation if self.lease is not None else 0
+        req = TileRequest(int(self.todo.years[index]), self.todo.tiles[index], int(self.attempts[index]) + 1,
+                          generation)
         ref = slot.handle.process.remote(req)
         self.inflight[ref] = _Inflight(slot, index, now)
         if not slot.inflight:
             slot.head_since = now
         slot.inflight.append(ref)
 
+    def _may_dispatch(self, now: float) -> bool:
+        """New tiles go out only while no probe-proven outage holds and the lease was renewed recently."""
+        if self.outage.paused:
+            return False
+        return self.lease is None or self.lease.may_dispatch()
+
     def _assign(self, now: float) -> None:
-        """Fill every ready actor's window; an actor with nothing it should take leaves the rest to the others."""
-        if self.health.paused(now):
+        """Fill every ready actor's window; an actor with nothing it should take leaves the rest to the others.
+        An actor running a suspect (a tile that was in flight when a worker died) gets nothing else meanwhile."""
+        if not self._may_dispatch(now):
             return
         for slot in self.pool.ready():
             while len(slot.inflight) < self.config.window:
+                if any(self.evidence.is_suspect(self.inflight[r].index) for r in slot.inflight):
+                    break
                 index = self._next_index(slot, now)
                 if index is None:
                     break
@@ -226,8 +174,12 @@ class Scheduler:
 
     def _complete(self, index: int, result: TileResult, slot: ActorSlot, now: float) -> None:
         key = (int(self.todo.years[index]), self.todo.tiles[index])
-        self.health.on_success(slot, now)
+        for guilty in self.evidence.succeeded(index, slot.key):
+            self._quarantine(guilty, now)
         self.final.add(index)
+        self.avoid.pop(index, None)
+        self._last_failure.pop(index, None)
+        self.outage.held.pop(index, None)
         stats = self.by_class[result.hw_class]
         stats.tiles += 1
         stats.pixels += result.pixels
@@ -244,8 +196,25 @@ class Scheduler:
             self.records.clear_failure(*key)
             self.known_failures.discard(key)
 
+    def _quarantine(self, actor: str, now: float) -> None:
+        """An actor on which `quarantine_after` distinct tiles failed that then succeeded elsewhere: kill and
+        replace it, and give back the attempts its failures cost the tiles still open."""
+        slot = self.pool.slots.get(actor)
+        for index, charged in self.evidence.refunds(actor).items():
+            if index not in self.final:
+                self.attempts[index] = max(0, int(self.attempts[index]) - charged)
+        if slot is None or slot.state == "dead":
+            return
+        self.pool.quarantine(slot, f"{self.config.quarantine_after} tiles that failed on it succeeded on other "
+                                   f"actors; last error there: {slot.last_error or '?'}")
+
     def _requeue(self, index: int, delay: float, now: float) -> None:
         heapq.heappush(self.retry_heap, (now + delay, index))
+
+    def _uncharged(self, index: int, info: FailureInfo, delay: float, now: float) -> None:
+        self.retries_by_reason[info.reason] += 1
+        self.metrics.failure(info.reason, final=False)
+        self._requeue(index, delay, now)
 
     def _fail(self, index: int, info: FailureInfo, slot: ActorSlot, now: float) -> None:
         year, tile = int(self.todo.years[index]), self.todo.tiles[index]
@@ -253,49 +222,119 @@ class Scheduler:
             return
         if info.reason == PREEMPTED:
             log.info("tile %s/%s: lost with its preempted node; retrying elsewhere, not charged", year, tile)
-            self.retries_by_reason[info.reason] += 1
-            self.metrics.failure(info.reason, final=False)
-            self._requeue(index, UNCHARGED_RETRY_S, now)
+            self._uncharged(index, info, UNCHARGED_RETRY_S, now)
             return
-        if info.kind == "transient":
-            self.avoid[index].add(slot.key)
-            verdict = self.health.on_failure(slot, index, info, now, len(self.pool.live()))
-            for refunded in verdict.refund:
-                if refunded not in self.final and self.attempts[refunded] > 0:
-                    self.attempts[refunded] -= 1
-            if verdict.quarantine:
-                self.pool.quarantine(slot, f"{self.config.quarantine_after} tiles in a row failed on it while other "
-                                           f"actors succeeded; last: {info.reason}: {info.message}")
-            if verdict.pause_s:
-                log.warning("every actor is failing (last: %s: %s): pausing the run for %.0f s", info.reason,
-                            info.message, verdict.pause_s)
-            if not verdict.charge:
-                self.retries_by_reason[info.reason] += 1
-                self.metrics.failure(info.reason, final=False)
-                self._requeue(index, max(UNCHARGED_RETRY_S, self.health.pause_until - now), now)
-                return
+        if info.reason == FENCED:
+            log.warning("tile %s/%s: commit refused by the store's lease: %s", year, tile, info.message)
+            if self.lease is not None:
+                self.lease.deposed_by_store(info.message)
+            self._uncharged(index, info, UNCHARGED_RETRY_S, now)
+            return
+        if info.kind == "transient" and self.outage.paused:
+            self._uncharged(index, info, max(UNCHARGED_RETRY_S, self.outage.pause_until - now), now)
+            return
+        slot.last_error = f"{info.reason}: {info.message}"
         self.attempts[index] += 1
         attempts = int(self.attempts[index])
-        if info.kind == "transient" and attempts < self.retry.max_attempts:
-            self.retries_by_reason[info.reason] += 1
-            self.metrics.failure(info.reason, final=False)
-            delay = self.retry.delay(attempts)
-            log.info("tile %s/%s: %s (attempt %d of %d), retrying in %.1f s: %s", year, tile, info.reason,
-                     attempts, self.retry.max_attempts, delay, info.message)
-            self._requeue(index, delay, now)
-            return
+        if info.kind == "transient":
+            self.avoid[index].add(slot.key)
+            self.evidence.failed(index, slot.key)
+            self.outage.charged(index, now)
+            if self.prober is not None:
+                self.prober.request()
+            if attempts < self.retry.max_attempts:
+                self.retries_by_reason[info.reason] += 1
+                self.metrics.failure(info.reason, final=False)
+                delay = self.retry.delay(attempts)
+                log.info("tile %s/%s: %s (attempt %d of %d), retrying in %.1f s: %s", year, tile, info.reason,
+                         attempts, self.retry.max_attempts, delay, info.message)
+                self._requeue(index, delay, now)
+                return
+            if self.prober is not None:
+                self._last_failure[index] = (info, slot.policy.hw_class)
+                self.outage.held[index] = now
+                return
+        self._fail_for_good(index, info, slot.policy.hw_class)
+
+    def _fail_for_good(self, index: int, info: FailureInfo, hw_class: str) -> None:
+        year, tile = int(self.todo.years[index]), self.todo.tiles[index]
+        attempts = int(self.attempts[index])
         kind = "permanent" if info.kind == "permanent" else "exhausted"
         log.warning("tile %s/%s failed for good after %d attempt(s): %s: %s", year, tile, attempts, info.reason,
                     info.message)
         self.final.add(index)
+        self.evidence.forget(index)
+        self.avoid.pop(index, None)
         self.records.record_failure(year, tile, {
             "reason": info.reason, "kind": kind, "message": info.message, "attempts": attempts,
-            "hw_class": slot.policy.hw_class, "run_id": self.run_id,
+            "hw_class": hw_class, "run_id": self.run_id,
         })
         self.known_failures.add((year, tile))
         self.failed_by_reason[info.reason] += 1
         self.progress.failed += 1
         self.metrics.failure(info.reason, final=True)
+
+    def _judge(self, now: float) -> None:
+        """Act on the latest probe: a good one fails the held tiles for good and resumes a paused run; a failed
+        one pauses the run and refunds every attempt charged since the last good probe."""
+        if self.prober is None:
+            return
+        result = self.prober.latest
+        if self.outage.paused and now >= self.outage.pause_until and not self.prober.running and \
+                (result is None or result.asked_at < self.outage.pause_until):
+            self.prober.request()
+        if result is None or result.asked_at <= self.outage.judged_at:
+            return
+        self.outage.judged_at = result.asked_at
+        if result.ok:
+            if self.outage.paused:
+                log.warning("the store and inputs answer again: the run goes on")
+            self.outage.pauses = 0
+            self.outage.window = [(t, i) for t, i in self.outage.window if t > result.asked_at]
+            for index, at in list(self.outage.held.items()):
+                if at <= result.asked_at:
+                    del self.outage.held[index]
+                    info, hw_class = self._last_failure.pop(index)
+                    self._fail_for_good(index, info, hw_class)
+            return
+        self.outage.reason = result.message
+        pause = self.outage.next_pause(now)
+        log.warning("the store or inputs do not answer the driver's probe (%s): pausing the run for %.0f s; the "
+                    "%d attempt(s) charged meanwhile are refunded", result.message, pause, len(self.outage.window))
+        for _at, index in self.outage.window:
+            if index not in self.final and self.attempts[index] > 0:
+                self.attempts[index] -= 1
+                self.evidence.refund_all(index)
+        self.outage.window.clear()
+        for index in list(self.outage.held):
+            del self.outage.held[index]
+            self._last_failure.pop(index, None)
+            self._requeue(index, pause, now)
+
+    def _died(self, item: _Inflight, ref: Any, info: FailureInfo, now: float) -> None:
+        """The actor's process died with this tile in flight: suspect it (run it alone from now on); charge it
+        only once it has killed two distinct worker processes, the last one alone."""
+        slot = item.slot
+        group = self.deaths.get(slot.key)
+        if group is None or ref not in group:
+            group = {ref, *slot.inflight}
+            self.deaths[slot.key] = group
+            slot.deaths += 1
+        alone = len(group) == 1
+        kills = self.evidence.died(item.index, f"{slot.key}/{slot.deaths}", alone=alone)
+        if not kills:
+            log.info("tile %s: its worker %s died (%s); retrying it alone, not charged", self.todo.tiles[item.index],
+                     slot.key, info.message)
+            self._uncharged(item.index, info, UNCHARGED_RETRY_S, now)
+            return
+        self.attempts[item.index] = max(int(self.attempts[item.index]), kills)
+        killed = FailureInfo("transient", WORKER_KILLED, f"{kills} worker processes died running it (the last alone): "
+                                                         f"{info.message}")
+        if kills < self.retry.max_attempts:
+            self.retries_by_reason[WORKER_KILLED] += 1
+            self._requeue(item.index, self.retry.delay(kills), now)
+            return
+        self._fail_for_good(item.index, killed, slot.policy.hw_class)
 
     def _collect(self, ref: Any, now: float) -> None:
         item = self.inflight.pop(ref)
@@ -309,7 +348,8 @@ class Scheduler:
             result = self.pool.result(ref)
         except Exception as exc:  # Ray system failures: the actor or its node died, or we killed it
             info = classify(exc)
-            if ref in self.timed_out:
+            timed_out = ref in self.timed_out
+            if timed_out:
                 info = FailureInfo("transient", "timeout", f"no result after {self.config.tile_timeout_s:.0f} s; actor killed")
                 self.timed_out.discard(ref)
             elif is_restarting(exc) and not self.fenced_store and slot.state == "ready":
@@ -318,8 +358,13 @@ class Scheduler:
                 self.pool.kill(slot, restart=True)
             if slot.state == "ready":
                 self.pool.recover(slot)
+            if info.reason in DEATHS and not timed_out and item.index not in self.final:
+                self._died(item, ref, info, now)
+                return
             self._fail(item.index, info, slot, now)
             return
+        if slot.key in self.deaths and slot.state == "ready":
+            del self.deaths[slot.key]
         if result.ok:
             slot.tiles_done += 1
             self._complete(item.index, result, slot, now)
@@ -353,8 +398,10 @@ class Scheduler:
         live = self.pool.live()
         p.actors = len(live)
         p.quarantined = self.pool.quarantined
-        p.paused = self.health.paused(now)
-        p.pause_reason = f"every actor failing; last: {self.health.last_error}" if p.paused else ""
+        p.paused = self.outage.paused or (self.lease is not None and not self.lease.may_dispatch())
+        p.pause_reason = (f"the store or inputs fail the driver's probe: {self.outage.reason}" if self.outage.paused
+                          else f"the lease was not renewed for {self.lease.unrenewed_s():.0f} s" if p.paused and
+                          self.lease is not None else "")
         p.given_up_nodes = [g.to_dict() for g in self.pool.given_up.values()]
         p.unwritten_records = self.records.pending
         loads = self.pool.checkpoint_loads
@@ -394,10 +441,11 @@ class Scheduler:
         self._t0 = time.monotonic()
         self.pool.refresh(force=True)
         last_ui = last_store = idle_since = self._t0
-        while self.queue or self.retry_heap or self.inflight:
+        while self.queue or self.retry_heap or self.inflight or self.outage.held:
             now = time.monotonic()
             if self.lease is not None:
                 self.lease.check()
+            self._judge(now)
             self.pool.refresh()
             self.pool.poll_ready()
             self._assign(now)
@@ -410,8 +458,8 @@ class Scheduler:
                 self._check_timeouts(time.monotonic())
             else:
                 if self.pool.gave_up_everywhere():
-                    raise RunError(f"no worker could start on any node; the last one died with: {self.pool.last_death}")
-                if self.health.paused(now) or any(s.state in ("ready", "starting", "recovering") for s in self.pool.live()):
+                    raise RunError(f"no worker could start on any node: {self.pool.why_given_up()}")
+                if not self._may_dispatch(now) or self.outage.held or any(s.state in ("ready", "starting", "recovering") for s in self.pool.live()):
                     idle_since = now
                 elif now - idle_since > NO_WORKERS_TIMEOUT_S:
                     raise RunError(f"no actor could be placed for {NO_WORKERS_TIMEOUT_S:.0f} s: "
@@ -425,6 +473,6 @@ class Scheduler:
                     last_store = now
             if self.stop_after is not None and self.progress.complete >= self.stop_after:
                 break
-        self.progress.finished = not (self.queue or self.retry_heap or self.inflight)
+        self.progress.finished = not (self.queue or self.retry_heap or self.inflight or self.outage.held)
         self._publish(time.monotonic(), store=True)
         return RunOutcome(self.progress, dict(self.intervals))

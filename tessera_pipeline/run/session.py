@@ -25,6 +25,7 @@ from tessera_pipeline.run.config import IGNORED_RECORD_KEYS, RunConfig, build_co
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import WorkerSpec
 from tessera_pipeline.run.pool import Pool, actor_memory
+from tessera_pipeline.run.probe import Prober, probe_locations
 from tessera_pipeline.run.progress import RecordWriter, RunOutcome, RunProgress
 from tessera_pipeline.run.scheduler import Scheduler
 from tessera_pipeline.run.workplan import WorkSplit, plan_tiles, split_plan
@@ -180,7 +181,7 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
     from tessera_pipeline.model.checkpoint import fetch_checkpoint
 
     started = connect(config.address, config.local_cpus, dashboard=dashboard)
-    records = RecordWriter(runlog, run_id)
+    records = RecordWriter(runlog, run_id, may_write=lambda: not lease.lost.is_set())
     pool: Pool | None = None
     try:
         checkpoint = [ray.put(fetch_checkpoint(config.checkpoint).read_bytes())] if processor != "noop" else []
@@ -190,7 +191,7 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
             checkpoint_sha256=ckpt.sha256, model=ckpt.model_version, data_source=ckpt.data_source,
             seed=config.seed, trust_checkpoint=config.trust_checkpoint, run_id=run_id,
             processor=processor, processor_options=processor_options,
-            log_level=logging.getLogger("tessera_pipeline").getEffectiveLevel(),
+            log_level=logging.getLogger("tessera_pipeline").getEffectiveLevel(), lease_ttl_s=config.lease_ttl_s,
         )
         max_pixels = int(split.todo.pixels.max()) if len(split.todo) else 0
         memory = actor_memory(max_pixels, config.window, ckpt.size_bytes) if processor != "noop" else 0
@@ -199,6 +200,7 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
             run_id=run_id, todo=split.todo, already_complete=split.complete, pool=pool, records=records,
             known_failures=known_failures, config=config, lease=lease,
             fenced_store=processor == "noop" or store.backend.conditional_writes,
+            prober=Prober(lambda: probe_locations(config.store, config.input, config.year)),
             on_progress=on_progress, stop_after=stop_after,
         )
         outcome = scheduler.run()
@@ -206,9 +208,10 @@ def _drive(config: RunConfig, run_id: str, ckpt: CheckpointInfo, split: WorkSpli
     finally:
         if pool is not None:
             pool.release()
-        left = records.flush(FLUSH_TIMEOUT_S)
+        left = records.flush(0.0 if lease.lost.is_set() else FLUSH_TIMEOUT_S)
         if left:
-            log.error("run %s: %d record(s) not written", run_id, left)
+            log.error("run %s: %d record(s) not written%s", run_id, left,
+                      " (this driver lost the store's lease: it writes nothing more)" if lease.lost.is_set() else "")
         if started:
             ray.shutdown()
 
@@ -217,8 +220,9 @@ def _prepare_checkpoint(config: RunConfig, processor: str) -> CheckpointInfo:
     return inspect_checkpoint(config) if processor != "noop" else _noop_checkpoint(config)
 
 
-def _held(store: TileStore, run_id: str, config: RunConfig, takeover: bool) -> StoreLease:
-    lease = StoreLease(store.backend, run_id, ttl_s=config.lease_ttl_s, takeover=takeover)
+def _held(store: TileStore, run_id: str, config: RunConfig, takeover: bool, command: str = "resume") -> StoreLease:
+    lease = StoreLease(store.backend, run_id, ttl_s=config.lease_ttl_s, takeover=takeover,
+                       max_unrenewed_s=config.max_unrenewed_s, command=command)
     lease.acquire()
     return lease
 
@@ -290,7 +294,7 @@ def start(
                        missing_inputs=missing, missing_examples=examples)
     if dry_run:
         return report
-    lease = _held(store, run_id, config, takeover)
+    lease = _held(store, run_id, config, takeover, "reprocess" if kind == "reprocess" else "resume")
     try:
         if processor != "noop":
             store.create(ckpt.model_attrs)

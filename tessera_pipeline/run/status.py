@@ -99,9 +99,10 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     lease = read_lease(store.backend)
     driver = None
     if lease is not None:
-        info = lease[0]
+        info = lease.record
         driver = {"run_id": info.run_id, "host": info.host, "pid": info.pid, "started_at": info.started_at,
-                  "last_beat_s_ago": round(info.age_s(), 1), "lease_ttl_s": info.ttl_s}
+                  "last_beat_s_ago": round(lease.age_s, 1), "lease_ttl_s": info.ttl_s,
+                  "generation": info.generation, "released": info.released}
     return RunStatus(
         run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(plan),
         complete=complete, failed=len(failures), pending=len(plan) - complete - len(failures),
@@ -109,5 +110,5 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
         reasons_counted=sum(reasons.values()),
         failed_tiles=listed, throughput=(progress or {}).get("by_class", {}), progress=progress,
         checkpoint=record.get("checkpoint", {}), failed_by_kind=dict(kinds), driver=driver,
-        driver_live=lease is not None and lease[0].live(),
+        driver_live=lease is not None and lease.live(),
     )

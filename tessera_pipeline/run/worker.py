@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from tessera_pipeline.errors import CommitConflictError
 from tessera_pipeline.run.failures import FailureInfo, classify
 from tessera_pipeline.run.messages import TileRequest, TileResult, WorkerSpec
+from tessera_pipeline.store.fencing import Fence
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,21 @@ class EncodeProcessor:
         self.model_attrs = model_attributes(self.encoder)
         self.cache_dir = default_cache_dir() / f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
+    def fence(self, req: TileRequest) -> Fence | None:
+        """What the tile's commit is checked against: its driver's lease generation (None: unfenced)."""
+        return Fence(req.generation, self.spec.lease_ttl_s) if req.generation else None
+
     def fetch(self, req: TileRequest) -> Any:
-        """Open the tile (downloading s3:// inputs into this worker's cache), validate it and its georeference."""
+        """Open the tile (downloading s3:// inputs into this worker's cache), validate it and its georeference,
+        and read the tile's marker: the commit is conditional on what was there before encoding started."""
         from tessera_pipeline.inputs.dpixel import georeference_for, open_tile_at
+        from tessera_pipeline.store import TileStore
 
         if self.delay_s:
             time.sleep(self.delay_s)
         tile = open_tile_at(self.spec.input_root, req.year, req.tile, cache_dir=self.cache_dir)
-        return tile, georeference_for(tile, req.tile)
+        prior = TileStore(self.spec.store_url).prior_marker(req.year, req.tile, self.fence(req))
+        return tile, georeference_for(tile, req.tile), prior
 
     def encode(self, fetched: Any) -> Any:
         """Encode under this class's precision policy."""
@@ -122,13 +130,14 @@ class EncodeProcessor:
         from tessera_pipeline.encode.setup import provenance
         from tessera_pipeline.store import write_encoded_tile
 
-        tile, geometry = fetched
+        tile, geometry, prior = fetched
         prov = provenance(self.encoder, self.hw, tile, encoded)
         prov.update(hardware_class=self.spec.hw_class, node_id=self.spec.node_id, run_id=self.spec.run_id,
                     attempt=req.attempt, threads=torch_threads(), cores=list(self.spec.cores))
         record = write_encoded_tile(
             self.spec.store_url, req.year, req.tile, encoded.embeddings, encoded.scales,
             epsg=geometry.epsg, transform=tuple(geometry.transform), provenance=prov, model_attrs=self.model_attrs,
+            prior=prior, fence=self.fence(req),
         )
         return tile.n_pixels, record.version
 

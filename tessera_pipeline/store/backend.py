@@ -16,9 +16,12 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,9 +29,18 @@ from tessera_pipeline import locations
 from tessera_pipeline.errors import StoreError, StoreUnreachableError
 from tessera_pipeline.locations import S3FS_TRIES, is_s3, s3_client, s3_storage_options
 
-__all__ = ["Backend", "HttpBackend", "LocalBackend", "S3Backend", "is_s3", "open_backend", "s3_client", "s3_storage_options"]
+__all__ = ["Backend", "HttpBackend", "LocalBackend", "S3Backend", "TimedObject", "is_s3", "open_backend", "s3_client", "s3_storage_options"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TimedObject:
+    """An object read with its content tag and its age in seconds as the store's clock tells it."""
+
+    data: bytes
+    tag: str
+    age_s: float
 
 
 class Backend(Protocol):
@@ -52,6 +64,10 @@ class Backend(Protocol):
 
     def get_tagged(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and an opaque tag of that content (for `put_if`), or None when absent."""
+
+    def get_timed(self, key: str) -> TimedObject | None:
+        """The object's bytes, tag and age on the store's own clock (its last-modified time against the
+        store's "now"), or None when absent: expiry judged this way is immune to the caller's clock skew."""
 
     def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
         """Write atomically only if the object's tag is still `tag` (None: only if absent).
@@ -151,6 +167,19 @@ class LocalBackend:
         """The file's bytes and their sha256 hex, or None when absent (os.replace makes the read whole)."""
         data = self.get(key)
         return None if data is None else (data, _sha256(data))
+
+    def get_timed(self, key: str) -> TimedObject | None:
+        """The file, its sha256 and its age: the filesystem's modification time against the kernel's real-time
+        clock (never the process's `time.time`, which a test or a skewed library may shift)."""
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.readall()
+                modified = os.fstat(f.fileno()).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        age = time.clock_gettime(time.CLOCK_REALTIME) - modified
+        return TimedObject(data, _sha256(data), max(0.0, age))
 
     def put_if(self, key: str, data: bytes, *, tag: str | None) -> bool:
         """Compare the file's sha256 with `tag` and replace it atomically, all under the key's flock."""
@@ -273,6 +302,22 @@ class LocalBackend:
             _fsync_dir(parent)
 
 
+def _server_age(resp: dict[str, Any]) -> float:
+    """Seconds between an S3 object's LastModified and the response's Date header (the server's clock)."""
+    from email.utils import parsedate_to_datetime
+
+    modified = resp.get("LastModified")
+    date = (resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}).get("date")
+    if modified is None or not date:
+        raise StoreError("the S3 endpoint sent no LastModified or Date header: cannot judge a lease by the store's clock")
+    now = parsedate_to_datetime(date)
+    if modified.tzinfo is None:  # some endpoints send a naive time: S3 times are UTC
+        modified = modified.replace(tzinfo=timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return max(0.0, (now - modified).total_seconds())
+
+
 def _sha256(data: bytes) -> str:
     """The local backend's tag: sha256 hex of the content."""
     return hashlib.sha256(data).hexdigest()
@@ -359,6 +404,23 @@ class S3Backend:
                 log.debug("GET %s cut short (%s); reading again", key, exc)
             except Exception as exc:
                 raise _store_error(self.url, "get_object", exc) from exc
+
+    def get_timed(self, key: str) -> TimedObject | None:
+        """One GetObject: body, ETag, and age as the server's `Date` minus the object's `LastModified` (both the
+        store's clock, second resolution), or None when absent."""
+        from botocore.exceptions import ClientError
+
+        bucket, obj = self._bucket_key(key)
+        try:
+            resp = s3_client().get_object(Bucket=bucket, Key=obj)
+            data = resp["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
+                return None
+            raise _client_error(self.url, "get_object", exc) from exc
+        except Exception as exc:
+            raise _store_error(self.url, "get_object", exc) from exc
+        return TimedObject(data, str(resp["ETag"]), _server_age(resp))
 
     @property
     def conditional_writes(self) -> bool:
@@ -557,6 +619,10 @@ class HttpBackend:
         """The object's bytes and their sha256 hex (a read-only store has nothing to compare-and-swap)."""
         data = self.get(key)
         return None if data is None else (data, _sha256(data))
+
+    def get_timed(self, key: str) -> TimedObject | None:
+        """Refused: a read-only store holds no lease whose age matters."""
+        raise self._refuse("get_timed")
 
     def exists(self, keys: list[str]) -> list[bool]:
         """A HEAD per object (404: absent)."""

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from tessera_pipeline import __version__
-from tessera_pipeline.errors import CommitConflictError, StoreError, StoreIntegrityError
+from tessera_pipeline.errors import CommitConflictError, FencedError, StoreError, StoreIntegrityError
 from tessera_pipeline.store import layout, pins
+from tessera_pipeline.store.fencing import Fence
 from tessera_pipeline.store.checksums import ALGORITHM, array_sha256
 from tessera_pipeline.store.encoding import crs_attrs, encode_version, georef_attributes, group_json, plain_json
 from tessera_pipeline.store.reader import TileReader
 from tessera_pipeline.store.records import CommitMarker, check_model, own, root_attributes
-from tessera_pipeline.store.results import CommitRecord
+from tessera_pipeline.store.results import CommitRecord, PriorMarker
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,20 @@ class TileWriter(TileReader):
         if self.backend.get(f"{key}/zarr.json") is None:
             self.backend.put_atomic(f"{key}/zarr.json", group_json(attributes))
 
+    def prior_marker(self, year: int, tile: str, fence: Fence | None = None) -> PriorMarker:
+        """The tile's marker as it is before encoding starts: what the commit will be conditional on.
+
+        With a `fence`, a marker written under a newer lease generation is refused now (FencedError), before
+        any encoding is spent on a write that could never commit.
+        """
+        found = self.backend.get_tagged(layout.marker_key(year, tile))
+        if found is None:
+            return PriorMarker(None, None, None)
+        version, generation = self._marker_fields(tile, found[0])
+        if fence is not None:
+            fence.admits_marker(generation, year=year, tile=tile)
+        return PriorMarker(found[1], version, generation)
+
     def write_tile(
         self,
         year: int,
@@ -101,11 +116,15 @@ class TileWriter(TileReader):
         epsg: int,
         transform: tuple[float, ...],
         provenance: Mapping[str, Any] | None = None,
+        prior: PriorMarker | None = None,
+        fence: Fence | None = None,
     ) -> CommitRecord:
         """Write one tile into a fresh version, commit it with a fenced marker, then drop the version it replaced.
 
-        Raises CommitConflictError (after deleting this write's version) when another writer
-        committed the tile between this write's read of the marker and its marker put.
+        The marker put is conditional on `prior`, the marker read before the tile was encoded (read now when
+        not given), so a commit made by anyone meanwhile is never replaced by this older work: that raises
+        CommitConflictError (after deleting this write's version). With a `fence`, the store's lease is checked
+        just before the marker put and the marker records the fence's generation (FencedError when refused).
         """
         t0 = time.perf_counter()
         root = self.root_attrs()
@@ -119,8 +138,11 @@ class TileWriter(TileReader):
         self._ensure_group(layout.year_key(year), {own("year"): year})
         self._ensure_group(layout.tile_key(year, tile), {own("tile"): tile, own("year"): year})
         mkey = layout.marker_key(year, tile)
-        replaced = self.backend.get_tagged(mkey)
-        replaced_version = None if replaced is None else self._marker_version(tile, replaced[0])
+        if prior is None:
+            prior = self.prior_marker(year, tile, fence)
+        elif fence is not None:
+            fence.admits_marker(prior.generation, year=year, tile=tile)
+        replaced_version = prior.version
         version = layout.new_version(after=replaced_version)
         vkey = layout.version_key(year, tile, version)
         prov = plain_json(
@@ -174,9 +196,16 @@ class TileWriter(TileReader):
             },
             provenance=prov,
             store_write_s=round(write_s, 4),
+            **({} if fence is None else {"lease_generation": fence.generation}),
         )
         body = json.dumps(marker.document(), indent=1, sort_keys=True, allow_nan=False).encode()
-        if not self.backend.put_if(mkey, body, tag=None if replaced is None else replaced[1]):
+        if fence is not None:
+            try:
+                fence.check(self.backend, year=year, tile=tile)
+            except FencedError:
+                self.backend.delete_tree(vkey)
+                raise
+        if not self.backend.put_if(mkey, body, tag=prior.tag):
             self._lost(year, tile, version)
         self._stage("committed")
         self._set_current_hint(year, tile, version)
@@ -201,17 +230,19 @@ class TileWriter(TileReader):
         return np.ascontiguousarray(emb), np.ascontiguousarray(sc, dtype=np.float32), t  # type: ignore[return-value]
 
     @staticmethod
-    def _marker_version(tile: str, raw: bytes) -> str | None:
-        """The version a marker's bytes name, or None when unreadable (a rewrite repairs it)."""
+    def _marker_fields(tile: str, raw: bytes) -> tuple[str | None, int | None]:
+        """The version a marker's bytes name (None when unreadable: a rewrite repairs it) and the lease
+        generation it was committed under (None for markers written without a fence)."""
         try:
             marker = json.loads(raw)
-            version = marker.get("version") if marker.get("format") == layout.COMMIT_FORMAT else None
+            ok = marker.get("format") == layout.COMMIT_FORMAT
+            version, generation = (marker.get("version"), marker.get("lease_generation")) if ok else (None, None)
         except (ValueError, AttributeError):
-            version = None
+            version, generation = None, None
         if not isinstance(version, str) or not layout.is_version(version):
             log.warning("tile %s: replacing a tile with an unreadable marker", tile)
-            return None
-        return version
+            version = None
+        return version, generation if isinstance(generation, int) else None
 
     def _lost(self, year: int, tile: str, version: str) -> None:
         """Another writer committed first: delete our unnamed version and raise CommitConflictError."""

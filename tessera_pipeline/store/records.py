@@ -259,6 +259,8 @@ class CommitMarker(Record):
     arrays: dict[str, ArrayRecord]
     provenance: dict[str, Any] = Field(default_factory=dict)
     store_write_s: float | None = None
+    #: The store lease's generation of the driver that dispatched this commit (absent: written unfenced).
+    lease_generation: int | None = None
 
 
 # --- run records (formats.md section 9) ------------------------------------------------------------

@@ -28,6 +28,16 @@ class CommitRecord:
 
 
 @dataclass(frozen=True)
+class PriorMarker:
+    """A tile's marker as read before its new version was encoded: the tag its commit is conditional on, the
+    version it names and the lease generation it was committed under (all None when the tile had no marker)."""
+
+    tag: str | None
+    version: str | None
+    generation: int | None
+
+
+@dataclass(frozen=True)
 class TileData:
     """One tile read back: int8 embeddings (or dequantised float32), scales, georeference, marker."""
 

@@ -19,7 +19,8 @@ from tessera_pipeline.store.commit import CLEANUP_GRACE_S, TileWriter
 from tessera_pipeline.store.encoding import EMBEDDING_CHUNK, SCALES_NODATA
 from tessera_pipeline.store.reader import READ_RETRIES, Window
 from tessera_pipeline.store.records import root_attributes
-from tessera_pipeline.store.results import CommitRecord, IncompleteTile, TileData, VerifyResult
+from tessera_pipeline.store.fencing import Fence
+from tessera_pipeline.store.results import CommitRecord, IncompleteTile, PriorMarker, TileData, VerifyResult
 
 __all__ = [
     "CLEANUP_GRACE_S",
@@ -54,8 +55,12 @@ def write_encoded_tile(
     transform: tuple[float, ...],
     provenance: Mapping[str, Any],
     model_attrs: Mapping[str, Any],
+    prior: PriorMarker | None = None,
+    fence: Fence | None = None,
 ) -> CommitRecord:
-    """Create the store if absent (root attributes from `model_attrs`), then write and commit one tile."""
+    """Create the store if absent (root attributes from `model_attrs`), then write and commit one tile
+    (conditional on `prior`, the marker read before encoding, and checked against `fence` when given)."""
     store = TileStore(store_url)
     store.create(model_attrs)
-    return store.write_tile(year, tile, embeddings, scales, epsg=epsg, transform=transform, provenance=provenance)
+    return store.write_tile(year, tile, embeddings, scales, epsg=epsg, transform=transform, provenance=provenance,
+                            prior=prior, fence=fence)
