@@ -94,7 +94,9 @@ def test_poison_tiles_at_the_tail_end_the_run_failed_for_good(local_ray: None, t
 def test_poison_tiles_never_quarantine_a_healthy_actor_nor_give_up_its_node(local_ray: None, tmp_path: Path) -> None:
     good, bad = TWELVE[:7], TWELVE[7:]
     _inputs(tmp_path, good, bad)
-    report = start(config(tmp_path, region={"tiles": "x"}, max_attempts=3, node_types=_actors(2, per_node=True)),
+    # Two actors asked of Ray, two CPUs each from Ray but one physical core each: torch must run one thread.
+    node_types = {CLASS: {"max_actors": 2, "cores_per_actor": 1, "cpus_per_actor": 2}}
+    report = start(config(tmp_path, region={"tiles": "x"}, max_attempts=3, node_types=node_types),
                    tileset(good + bad), processor="run_faults:RaiseOn", processor_options={"tiles": bad},
                    on_progress=_watchdog(120))
     assert report.outcome is not None
@@ -103,7 +105,7 @@ def test_poison_tiles_never_quarantine_a_healthy_actor_nor_give_up_its_node(loca
     assert p.quarantined == 0 and p.given_up_nodes == [], p.to_dict()
     store = TileStore(str(tmp_path / "store.zarr"))
     assert sorted(k.tile for k in store.list_complete(YEAR)) == sorted(good)
-    # Each of the node's two actors owns one of its two cores: one torch thread each, not the host's two.
+    # Each actor claimed one of the node's two cores: one torch thread each, not the two CPUs Ray gave it.
     assert {store.marker(YEAR, t)["provenance"]["threads"] for t in good} == {1}
 
 
