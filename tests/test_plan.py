@@ -50,7 +50,9 @@ def _plan_json(*args: str) -> list[dict]:
 
 
 def _row(rows: list[dict], profile: str, precision: str) -> dict:
-    return next(r for r in rows if r["kind"] == "profile" and r["profile"] == profile and r["precision"] == precision)
+    """The row of a profile (or the first of its table-priced copies) at a precision."""
+    return next(r for r in rows if r["kind"] == "profile" and profile in (r["profile"], r["family"])
+                and r["precision"] == precision)
 
 
 def test_published_global_table_is_reproduced_within_1_percent() -> None:
@@ -178,7 +180,7 @@ def test_unpriced_profiles_are_rows_but_not_in_the_mix() -> None:
     l4 = next(r for r in cost_rows(work, profiles, "v1.1") if r.profile == "local-l4" and r.precision == "bf16")
     assert l4.usd_total is None and l4.seconds_per_tile == 276
     assert "local-l4" not in {o.profile.name for o in build_options(profiles, "v1.1")}
-    report = _plan("--tile-count", "1000", "--price", "local-l4=0.3", "--deadline", "1", "--quota", "local-l4=100",
+    report = _plan("--tile-count", "1000", "--price", "local-l4=0.05", "--deadline", "1", "--quota", "local-l4=100",
                    "--with-published")
     assert report["mix"]["items"][0]["profile"] == "local-l4" and report["mix"]["meets_deadline"]  # cheapest per tile
     assert "local-l4" not in {i["profile"] for i in _plan("--tile-count", "1000", "--deadline", "1")["mix"]["items"]}
@@ -188,21 +190,21 @@ def test_run_config_precisions_replace_the_policy(tmp_path: Path) -> None:
     """`plan --config run.yaml` prices each class at the precision the run config gives it, as `run` would run it."""
     config = tmp_path / "run.yaml"
     config.write_text("window: 2\nnode_types:\n  cuda-T4: {precision: fp16}\n")
-    report = _plan("--tile-count", "100", "--config", str(config), "--deadline", "1", "--quota", "t4=5",
-                   "--quota", "a100=0", "--quota", "d16s-v6-amx=0")
+    report = _plan("--tile-count", "100", "--config", str(config), "--machines", "t4=5")
     rows = report["rows"]
     assert _row(rows, "t4", "fp16")["policy"] and not _row(rows, "t4", "fp32")["policy"]
-    assert {i["precision"] for i in report["mix"]["items"] if i["profile"] == "t4"} == {"fp16"}
+    assert [(i["family"], i["precision"]) for i in report["fleet"]["items"]] == [("t4", "fp16")]
     config.write_text("node_types:\n  cuda-T4: {precision: fp8}\n")
     result = CliRunner().invoke(cli, ["plan", "--tile-count", "1", "--config", str(config)])
     assert result.exit_code == 2 and "node_types.cuda-T4.precision" in result.output
 
 
 def test_a_spot_quota_brings_spot_in() -> None:
-    """`--quota NAME:spot=N` alone lets the mix use that many spot machines of the type."""
-    report = _plan("--tile-count", "1000", "--deadline", "1", "--quota", "d16s-v6-amx:spot=10", "--quota", "a100=0")
-    pricings = {(i["profile"], i["pricing"]): i["machines"] for i in report["mix"]["items"]}
-    assert pricings[("d16s-v6-amx", "spot")] == 10 and ("t4", "spot") not in pricings
+    """`--quota NAME:spot=N` alone lets the mix use that many spot machines of the type, shared by its offerings."""
+    report = _plan("--tile-count", "1000000", "--deadline", "1", "--quota", "l4:spot=10", "--quota", "h100=0",
+                   "--quota", "h200=0")
+    spot = [(i["family"], i["machines"]) for i in report["mix"]["items"] if i["pricing"] == "spot"]
+    assert {f for f, _ in spot} == {"l4"} and sum(n for _, n in spot) == 10
 
 
 def test_plan_flags_are_checked() -> None:
@@ -352,11 +354,12 @@ def test_a_global_deadline_gives_the_cheapest_fleet_and_the_whole_bill() -> None
     bill = mix["bill"]
     assert bill["storage_tb"] == pytest.approx(work["pixels"] * assumed["output_bytes_per_pixel"] / 1e12)
     assert bill["storage_usd_per_month"] == pytest.approx(bill["storage_tb"] * 1e3 * assumed["storage_usd_per_gb_month"])
+    assert bill["storage_usd"] == pytest.approx(12 * bill["storage_usd_per_month"])  # a year of storage
     assert bill["put_requests"] == work["tiles"] * assumed["output_objects_per_tile"]
     assert bill["egress_usd"] > 0 and bill["egress_usd"] == pytest.approx(bill["input_tb"] * 1e3 * assumed["egress_usd_per_gb"])
     assert any(i["pricing"] == "spot" and i["eviction_share"] > 0 for i in mix["items"]) and bill["eviction_usd"] > 0
     assert bill["total_usd"] == pytest.approx(
-        bill["compute_usd"] + bill["storage_usd_per_month"] + bill["requests_usd"] + bill["egress_usd"])
+        bill["compute_usd"] + bill["storage_usd"] + bill["requests_usd"] + bill["egress_usd"])
     for key in ("price_source", "output_bytes_source", "input_bytes_source", "evictions_source", "tokens_per_pixel"):
         assert assumed[key], key
     local = _plan("--tile-count", "1000", "--deadline", "30")["mix"]["bill"]
@@ -387,3 +390,89 @@ def test_plan_is_a_pure_cost_model_below_bench_and_run() -> None:
                 continue
             for name in names:
                 assert not name.startswith(("tessera_pipeline.bench", "tessera_pipeline.run")), f"{path.name} imports {name}"
+
+
+HARDWARE = ("cuda-H100", "cuda-H200", "cuda-L40S", "cuda-L4", "cuda-A10", "cuda-A100", "cuda-T4", "cpu-amx", "cpu-avx512bf16")
+
+
+def test_a_global_year_is_priced_per_cloud_offering_from_the_price_table() -> None:
+    """`plan --global --model v1.1 --json`: every hardware class's own (measured or projected) row carries the price
+    table's $/h (per machine: the instance's over its GPUs), spot where the table has it, with source and date;
+    `mix` is the cheapest fleet of the priced rows, and the cheapest per cloud is named."""
+    from tessera_pipeline.plan.prices import load_prices
+
+    table = load_prices()
+    report = _plan("--global", "--model", "v1.1")
+    rows = [r for r in report["rows"] if r["basis"] in ("measured", "projected") and r["policy"]]
+    for hw_class in HARDWARE:
+        mine = [r for r in rows if r["hw_class"] == hw_class]
+        assert mine and all(r["usd_per_hour"] is not None and r["cloud"] for r in mine), hw_class
+        assert any(r["price_date"] for r in mine), hw_class
+        for r in mine:
+            o = next(o for o in table.offerings if (o.cloud, o.instance) == (r["cloud"], r["instance"]))
+            assert r["usd_per_hour"] == pytest.approx(o.on_demand / o.units) and o.hw_class == hw_class
+            assert r["usd_per_hour_spot"] == (None if o.spot is None else pytest.approx(o.spot / o.units))
+            assert table.sources[o.source].text in r["price_source"]
+            assert r["price_date"] == table.sources[o.source].date
+    nebius_h100 = next(r for r in rows if r["instance"] == "gpu-h100-sxm_1gpu")
+    assert (nebius_h100["usd_per_hour"], nebius_h100["usd_per_hour_spot"]) == (2.95, 1.25)
+    lambda_h100 = next(r for r in rows if r["instance"] == "gpu_8x_h100_sxm5")
+    assert lambda_h100["usd_per_hour"] == pytest.approx(31.92 / 8)
+    assert not any(r["instance"] == "c3-standard-8" for r in rows)  # 4 cores: holds no 8-core actor
+    cheapest = min(rows, key=lambda r: r["usd_total"])
+    mix = report["mix"]
+    assert mix["meets_deadline"] and mix["items"][0]["profile"] == cheapest["profile"]
+    assert mix["items"][0]["price_source"] == cheapest["price_source"]
+    by_cloud = {(c["cloud"], c["pricing"]): c for c in report["cheapest_by_cloud"]}
+    assert {"AWS", "Azure", "GCP"} <= {cloud for cloud, _ in by_cloud}
+    for (cloud, pricing), c in by_cloud.items():
+        field = "usd_total" if pricing == "on-demand" else "usd_total_spot"
+        assert c["usd_total"] == min(r[field] for r in rows if r["cloud"] == cloud and r[field] is not None)
+    mixes = {(m["cloud"], m["pricing"]): m for m in report["mixes"]}
+    assert mixes[("all", "on-demand")]["bill"]["compute_usd"] == pytest.approx(mix["bill"]["compute_usd"])
+    assert mixes[("all", "spot")]["bill"]["compute_usd"] < mix["bill"]["compute_usd"]
+    text = CliRunner().invoke(cli, ["plan", "--tile-count", "1598651", "--model", "v1.1"]).output
+    assert "cheapest per cloud" in text and all(cloud in text for cloud in ("AWS", "Azure", "GCP", "Nebius"))
+
+
+def test_a_price_given_on_the_command_line_replaces_the_table() -> None:
+    """`--price h100=1.0` prices the H100 at $1/h with no table offering left for it."""
+    rows = [r for r in _plan("--tile-count", "10", "--price", "h100=1.0")["rows"] if r["family"] == "h100"]
+    assert rows and all(r["usd_per_hour"] == 1.0 and r["cloud"] is None for r in rows)
+    assert rows[0]["price_source"] == "given on the command line"
+
+
+def test_published_rows_never_join_the_cheapest_fleet_beside_our_own_rows() -> None:
+    """Upstream's published speed is not ours: even priced to be the cheapest of all, a published row of hardware we
+    have a measured or projected row for stays out of every fleet `plan` names (overall and per cloud)."""
+    report = _plan("--tile-count", "1598651", "--model", "v1.1", "--price", "azure-d16s-v6-amx=0.0001",
+                   "--spot-price", "azure-nc8as-t4-v3=0.0001", "--spot")
+    published = {r["profile"] for r in report["rows"] if r["basis"] == "published"}
+    fleets = [report["mix"], *report["mixes"]]
+    for fleet in fleets:
+        assert fleet["items"], fleet
+        assert not {i["profile"] for i in fleet["items"]} & published
+        assert {i["basis"] for i in fleet["items"]} <= {"measured", "projected"}
+    from tessera_pipeline.plan.prices import load_prices, price_profiles
+
+    profiles = price_profiles([p.with_prices(0.0001, 0.0001) if p.basis == "published" else p for p in builtin_profiles()],
+                              load_prices())
+    options = build_options(profiles, "v1.1", spot=True)
+    assert options and {o.profile.basis for o in options} <= {"measured", "projected"}
+    mix = cheapest_mix(assumed_work(1_000_000), options, "v1.1", 30)
+    assert mix.items and {i.basis for i in mix.items} <= {"measured", "projected"}
+
+
+def test_cpu_rows_are_projected_from_upstreams_8_core_figure_for_both_models() -> None:
+    """The AMX and AVX512-BF16 rows: upstream's published 8-core time x our per-FLOP ratio to upstream at 2 threads,
+    the derivation in --json; v1.0 is priced and has a cheapest fleet too."""
+    for model, upstream_s in (("v1.1", 1566), ("v1.0", 1051)):
+        report = _plan("--tile-count", "1000", "--pixels-per-tile", "776940", "--model", model)
+        for name in ("d16s-v6-amx", "avx512bf16-8c"):
+            row = _row(report["rows"], name, "bf16")
+            d = row["derivation"]
+            assert row["basis"] == "projected" and row["policy"] and row["usd_per_hour"] and row["price_date"]
+            assert d["upstream_8core_s"] == upstream_s
+            assert row["seconds_per_tile"] == pytest.approx(upstream_s * d["ratio_ours_over_upstream"], rel=1e-3)
+            assert report["sources"][row["profile"]]["timings"][f"{model} bf16"]["derivation"] == d
+        assert report["mix"]["meets_deadline"] and report["mix"]["items"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,7 +12,7 @@ from tessera_pipeline.cli.options import RegionRequest, region_options, select_t
 from tessera_pipeline.errors import ArgumentError, ConfigError
 
 if TYPE_CHECKING:
-    from tessera_pipeline.plan import PlanRow, Work
+    from tessera_pipeline.plan import Work
 
 
 @click.command("plan")
@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 @click.option("--no-builtin", is_flag=True, help="Use only the profiles of --profiles files.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A run config: its node_types precisions replace the built-in policy, as in `run`.")
+@click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A price table (YAML, the shape of the built-in prices.yaml) replacing the built-in one.")
 @click.option("--price", "prices", multiple=True, metavar="NAME=USD",
-              help="On-demand $/hour for a profile (e.g. the H200, which has no verified price); repeatable.")
+              help="On-demand $/hour for a profile, replacing its price-table offerings; repeatable.")
 @click.option("--spot-price", "spot_prices", multiple=True, metavar="NAME=USD", help="Spot $/hour for a profile; repeatable.")
-@click.option("--deadline", "deadline_days", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Days: also print the cheapest fleet that finishes within it, and its bill.")
+@click.option("--deadline", "deadline_days", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Days within which the cheapest fleets (overall and per cloud, on demand and spot) must finish.")
 @click.option("--quota", "quotas", multiple=True, metavar="NAME=N",
               help="Most machines of a profile the fleet may use (NAME:spot=N for spot, which brings spot in); "
               "unnamed types are unlimited, 0 excludes one.")
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
               help="Output storage, $ per GB-month (default: S3 Standard's).")
 @click.option("--egress-price", type=click.FloatRange(min=0), default=None, metavar="USD",
               help="Input egress, $ per GB (default: S3 inter-region transfer).")
+@click.option("--storage-months", type=click.FloatRange(min=0), default=None, metavar="MONTHS",
+              help="Months of output storage the bill counts (default: 12).")
 @click.option("--eviction-rate", type=click.FloatRange(min=0), default=None, metavar="PER_HOUR",
               help="Spot evictions per machine-hour (default: an assumed 0.05).")
 @click.option("--json", "as_json", is_flag=True,
@@ -59,15 +63,18 @@ if TYPE_CHECKING:
               help="Also draw ms/pixel and cost charts (PNG) into this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace chart files that already exist in the --plot folder.")
 def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_builtin: bool, config_file: Path | None,
-         prices: tuple[str, ...], spot_prices: tuple[str, ...], deadline_days: float | None, quotas: tuple[str, ...], spot: bool,
-         with_published: bool, machines: tuple[str, ...], tile_count: int | None, pixels_per_tile: int | None,
-         tokens_per_pixel: float | None, input_region: str | None, compute_region: str | None,
-         storage_price: float | None, egress_price: float | None, eviction_rate: float | None, as_json: bool,
-         plot_dir: Path | None, overwrite: bool) -> None:
+         prices_file: Path | None, prices: tuple[str, ...], spot_prices: tuple[str, ...], deadline_days: float,
+         quotas: tuple[str, ...], spot: bool, with_published: bool, machines: tuple[str, ...], tile_count: int | None,
+         pixels_per_tile: int | None, tokens_per_pixel: float | None, input_region: str | None,
+         compute_region: str | None, storage_price: float | None, egress_price: float | None,
+         storage_months: float | None, eviction_rate: float | None, as_json: bool, plot_dir: Path | None,
+         overwrite: bool) -> None:
     """Estimate a run before paying for it: tiles and pixels, then per hardware profile (measured, projected
-    from a measured one, or upstream's published figures) the seconds per tile, machine-hours, $/tile and
-    total cost on demand and spot; with --deadline, the cheapest fleet and its whole bill (compute,
-    evictions, output storage, requests, egress).
+    from a measured one, or upstream's published figures) and per cloud offering of its hardware (the
+    built-in price table: instance, region, source, date) the seconds per tile, machine-hours, $/tile and
+    total cost on demand and spot; the cheapest row per cloud; and the cheapest fleet for the deadline,
+    overall and per cloud, with its whole bill (compute, evictions, a year of output storage, requests,
+    egress when the input region differs).
 
     Pixels come from the real tile geometry of the region (each tile's UTM raster at 10 m) unless
     --pixels-per-tile is given; --tile-count replaces the region. `bench --calibrate` writes a
@@ -75,6 +82,8 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
     """
     from tessera_pipeline import plan as planning
     from tessera_pipeline.plan.bill import Assumptions
+    from tessera_pipeline.plan.clouds import mixes_by_cloud
+    from tessera_pipeline.plan.prices import load_prices, price_profiles
     from tessera_pipeline.plan.profiles import find_profile, parse_assignments
 
     if plot_dir is not None:
@@ -93,9 +102,10 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
     for key in set(on_demand) | set(spot_given):
         target = find_profile(profiles, key)
         profiles = [p.with_prices(on_demand.get(key), spot_given.get(key)) if p.name == target.name else p for p in profiles]
+    profiles = price_profiles(profiles, load_prices(prices_file))
     overrides = _precision_overrides(config_file)
     given = {"input_region": input_region, "compute_region": compute_region, "storage_usd_per_gb_month": storage_price,
-             "egress_usd_per_gb": egress_price, "evictions_per_hour": eviction_rate}
+             "egress_usd_per_gb": egress_price, "evictions_per_hour": eviction_rate, "storage_months": storage_months}
     assumptions = Assumptions(**{k: v for k, v in given.items() if v is not None})
     rows = planning.cost_rows(work, profiles, model, overrides)
     if not rows:
@@ -106,23 +116,27 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
         counts = {k: int(v) for k, v in parse_assignments(machines, "--machines", as_int=True).items()}
         chosen = planning.fleet_from_counts(profiles, model, counts, overrides, assumptions.evictions_per_hour)
         fleet = planning.fleet_estimate(work, chosen, model)
-    if deadline_days is not None:
-        limits = {k: int(v) for k, v in parse_assignments(quotas, "--quota", as_int=True).items()}
-        options = planning.build_options(profiles, model, quotas=limits, spot=spot, overrides=overrides, bases=bases,
-                                         evictions_per_hour=assumptions.evictions_per_hour)
-        mix = planning.cheapest_mix(work, options, model, deadline_days)
-    elif quotas:
-        raise ArgumentError("--quota only applies with --deadline")
+    limits = {k: int(v) for k, v in parse_assignments(quotas, "--quota", as_int=True).items()}
+    options = planning.build_options(profiles, model, quotas=limits, spot=True, overrides=overrides, bases=bases,
+                                     evictions_per_hour=assumptions.evictions_per_hour)
+    wanted = [o for o in options if o.pricing == "on-demand" or spot or o.quota is not None]
+    mix = planning.cheapest_mix(work, wanted, model, deadline_days)
+    mixes = {("all", pricing): planning.cheapest_mix(work, [o for o in options if o.pricing == pricing], model, deadline_days)
+             for pricing in ("on-demand", "spot")}
+    mixes.update(mixes_by_cloud(work, options, model, deadline_days))
     if plot_dir is not None:
         from tessera_pipeline.plan.plots import draw_plots
 
         for path in draw_plots(profiles, rows, work, plot_dir):
             click.echo(f"wrote {path}", err=True)
-    report = planning.plan_report(work, model, profiles, rows, assumptions, fleet=fleet, mix=mix, fleet_bases=bases)
+    report = planning.plan_report(work, model, profiles, rows, assumptions, fleet=fleet, mix=mix, fleet_bases=bases,
+                                  mixes=mixes)
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
-    _print(work, model, rows, report)
+    from tessera_pipeline.cli.plan_display import print_plan
+
+    print_plan(work, model, rows, report)
 
 
 def _precision_overrides(config_file: Path | None) -> dict[str, str]:
@@ -161,52 +175,3 @@ def _work(region: RegionRequest, tile_count: int | None, pixels_per_tile: int | 
     else:
         work = work_from_tiles(select_tiles(region), pixels_per_tile)
     return replace(work, tokens_per_pixel=tokens_per_pixel)
-
-
-def _duration(seconds: float) -> str:
-    """h:mm:ss, or days past 2 days."""
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:,.1f} d"
-    whole = int(round(seconds))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def _print(work: Work, model: str, rows: list[PlanRow], report: dict[str, Any]) -> None:
-    """Human-readable tables on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tessera_pipeline.plan.plots import usd_label
-
-    console = Console(width=170)
-    console.print(f"[bold]{work.tiles:,} tiles[/], {work.pixels:,} pixels ({work.mean_pixels:,.0f} per tile) "
-                  f"from {work.source}; model {model}; observations per pixel: {report['assumptions']['tokens_per_pixel']}")
-    table = Table("profile", "basis", "class", "precision", "s/tile", "ms/px", "machine-h", "$/tile", "total", "total spot")
-    for r in sorted(rows, key=lambda r: (r.usd_total is None, r.usd_total or 0.0, r.hours)):
-        table.add_row(r.profile, r.basis, r.hw_class, r.precision + (" *" if r.policy else ""), f"{r.seconds_per_tile:,.1f}",
-                      f"{r.ms_per_pixel:.3f}", f"{r.hours:,.0f}" if r.hours >= 100 else f"{r.hours:.3f}",
-                      "-" if r.usd_per_tile is None else usd_label(r.usd_per_tile), usd_label(r.usd_total),
-                      usd_label(r.usd_total_spot))
-    console.print(table)
-    console.print("* the precision `run` uses on that class (rows without * are options: a run config can choose them). "
-                  "measured: this pipeline; projected: from the measured H200 by datasheet; published: upstream's code. "
-                  "'-': no verified price (give one with --price). Sources: --json.")
-    for title, key in (("fleet", "fleet"), ("cheapest fleet", "mix")):
-        estimate = report.get(key)
-        if estimate is None:
-            continue
-        head = f"[bold]{title}[/]"
-        if estimate["deadline_days"] is not None:
-            head += f" for a {estimate['deadline_days']:g}-day deadline"
-        console.print(head + (f": {estimate['note']}" if estimate["note"] else ""))
-        mt = Table("machines", "profile", "basis", "precision", "pricing", "tiles", "machine-h", "cost", "lost to evictions")
-        for i in estimate["items"]:
-            mt.add_row(str(i["machines"]), i["profile"], i["basis"], i["precision"], i["pricing"], f"{i['tiles']:,.0f}",
-                       f"{i['hours']:,.1f}", usd_label(i["usd_total"]), f"{100 * i['eviction_share']:.2f} %")
-        console.print(mt)
-        b = estimate["bill"]
-        console.print(f"wall time {_duration(estimate['wall_s'])}, {estimate['hours']:,.1f} machine-hours. Bill: compute "
-                      f"{usd_label(b['compute_usd'])} (evictions {usd_label(b['eviction_usd'])}), storage "
-                      f"{b['storage_tb']:,.1f} TB at {usd_label(b['storage_usd_per_month'])}/month, "
-                      f"{b['put_requests']:,} PUT + {b['get_requests']:,} GET requests {usd_label(b['requests_usd'])}, "
-                      f"egress {usd_label(b['egress_usd'])}; total {usd_label(b['total_usd'])} ({b['note']})")

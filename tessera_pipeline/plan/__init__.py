@@ -11,14 +11,12 @@ from tessera_pipeline.plan.cost import (
     PlanRow,
     Work,
     assumed_work,
-    build_options,
-    cheapest_mix,
     cost_rows,
     fleet_estimate,
-    fleet_from_counts,
     policy_precision,
     work_from_tiles,
 )
+from tessera_pipeline.plan.mix import build_options, cheapest_mix, fleet_from_counts
 from tessera_pipeline.plan.profiles import Profile, Timing, builtin_profiles, load_profiles, merge_profiles
 from tessera_pipeline.plan.report import plan_report
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tessera_pipeline.errors import ArgumentError
 from tessera_pipeline.grid import TileSet, geometry_arrays
@@ -91,7 +91,18 @@ def tokens_factor(work: Work, timing: Timing) -> float:
     return work.tokens_per_pixel / timing.tokens_per_pixel
 
 
-class PlanRow(BaseModel):
+class Priced(BaseModel):
+    """Where a row's price comes from: the profile it was priced from, the offering's cloud, instance and region, the source and date."""
+
+    family: str | None = None
+    cloud: str | None = None
+    instance: str | None = None
+    region: str | None = None
+    price_source: str | None = None
+    price_date: str | None = None
+
+
+class PlanRow(Priced):
     """One profile at one precision for the whole work: the row `plan --json` prints."""
 
     kind: str = "profile"
@@ -112,6 +123,15 @@ class PlanRow(BaseModel):
     usd_total: float | None
     usd_total_spot: float | None
     source: str | None = None
+    derivation: dict[str, float | str] | None = None
+
+
+def offering_fields(profile: Profile) -> dict[str, str | None]:
+    """Which profile a priced copy comes from, and the cloud, instance, region, source and date of its price."""
+    o = profile.offering
+    return {"family": profile.family or profile.name, "cloud": o.cloud if o else None,
+            "instance": o.instance if o else None, "region": o.region if o else None,
+            "price_source": profile.price_source, "price_date": profile.price_date}
 
 
 def _seconds(work: Work, profile: Profile, model: str, precision: str) -> float:
@@ -158,6 +178,8 @@ def cost_rows(work: Work, profiles: Iterable[Profile], model: str,
                     usd_total=_usd(hours, profile.usd_per_hour),
                     usd_total_spot=_usd(hours, profile.usd_per_hour_spot),
                     source=timing.source if timing else None,
+                    derivation=timing.derivation if timing else None,
+                    **offering_fields(profile),
                 )
             )
     return rows
@@ -167,7 +189,8 @@ def cost_rows(work: Work, profiles: Iterable[Profile], model: str,
 class Option:
     """A way to buy work: a profile at one precision and one pricing, with a machine quota (None: unlimited).
 
-    `evictions_per_hour` is the assumed eviction rate of a spot machine (0 on demand).
+    `evictions_per_hour` is the assumed eviction rate of a spot machine (0 on demand); `quota_key` is the
+    name the quota was given under, shared by every option it names (all offerings of one profile).
     """
 
     profile: Profile
@@ -175,6 +198,7 @@ class Option:
     pricing: Pricing
     quota: int | None
     evictions_per_hour: float = 0.0
+    quota_key: str | None = None
 
     @property
     def usd_per_hour(self) -> float | None:
@@ -182,7 +206,7 @@ class Option:
         return self.profile.usd_per_hour if self.pricing == "on-demand" else self.profile.usd_per_hour_spot
 
 
-class FleetItem(BaseModel):
+class FleetItem(Priced):
     """One machine type in a fleet: how many, what share of the work, machine-hours and cost."""
 
     kind: str = "mix"
@@ -198,6 +222,7 @@ class FleetItem(BaseModel):
     usd_per_hour: float | None
     usd_total: float | None
     eviction_share: float = 0.0
+    instances: int | None = Field(default=None, description="Instances to rent: machines over the machines one holds.")
 
 
 class Fleet(BaseModel):
@@ -226,7 +251,7 @@ def eviction_share(work: Work, option: Option, model: str) -> float:
     return min(option.evictions_per_hour * lost_s / 3600.0, 0.99)
 
 
-def _rate(work: Work, option: Option, model: str) -> float:
+def machine_rate(work: Work, option: Option, model: str) -> float:
     """Tiles per second of one machine of this option, for this work's mean tile, less what evictions lose."""
     per_tile = _seconds(work, option.profile, model, option.precision) / work.tiles
     return (1.0 - eviction_share(work, option, model)) / per_tile
@@ -238,12 +263,12 @@ def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) 
     if not fleet or work.tiles == 0:
         return Fleet(items=[], wall_s=0.0, hours=0.0, usd_total=0.0 if work.tiles == 0 else None,
                      note="no machines" if work.tiles else "no tiles")
-    total_rate = sum(n * _rate(work, o, model) for o, n in fleet)
+    total_rate = sum(n * machine_rate(work, o, model) for o, n in fleet)
     startup = max(o.profile.startup_s for o, _ in fleet)
     wall = startup + work.tiles / total_rate
     items: list[FleetItem] = []
     for option, n in fleet:
-        share = n * _rate(work, option, model) / total_rate * work.tiles
+        share = n * machine_rate(work, option, model) / total_rate * work.tiles
         hours = n * wall / 3600.0
         items.append(
             FleetItem(
@@ -259,107 +284,10 @@ def fleet_estimate(work: Work, fleet: Sequence[tuple[Option, int]], model: str) 
                 usd_per_hour=option.usd_per_hour,
                 usd_total=_usd(hours, option.usd_per_hour),
                 eviction_share=eviction_share(work, option, model),
+                instances=math.ceil(n / option.profile.offering.units) if option.profile.offering else None,
+                **offering_fields(option.profile),
             )
         )
     costs = [i.usd_total for i in items]
     total = None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
     return Fleet(items=items, wall_s=wall, hours=sum(i.hours for i in items), usd_total=total)
-
-
-def build_options(
-    profiles: Iterable[Profile],
-    model: str,
-    *,
-    quotas: Mapping[str, int] | None = None,
-    spot: bool = False,
-    overrides: Mapping[str, str] | None = None,
-    bases: Iterable[str] = ("measured", "projected"),
-    evictions_per_hour: float = 0.0,
-) -> list[Option]:
-    """The priced options of the mix: each profile at its run precision, on demand (and spot when asked).
-
-    `quotas` maps a profile name or machine (`NAME`, or `NAME:spot` for spot) to a machine count;
-    a type not named is unlimited. A spot quota brings that type's spot option in even without
-    `spot`. Profiles without a price, without a timing at the run's precision for `model`, or of a
-    basis not in `bases` (published figures are upstream's code, not this pipeline) are left out.
-    `overrides` maps a hardware class to the precision a run config sets for it.
-    """
-    quotas = dict(quotas or {})
-    allowed = set(bases)
-    known: set[str] = set()
-    options: list[Option] = []
-    for profile in profiles:
-        precision = policy_precision(profile, model, overrides)
-        if precision is None or profile.basis not in allowed:
-            continue
-        for pricing in ("on-demand", "spot"):
-            suffix = "" if pricing == "on-demand" else ":spot"
-            names = [profile.name + suffix, profile.machine + suffix] if profile.machine else [profile.name + suffix]
-            known.update(names)
-            quota = next((int(quotas[n]) for n in names if n in quotas), None)
-            wanted = pricing == "on-demand" or spot or quota is not None
-            rate = evictions_per_hour if pricing == "spot" else 0.0
-            option = Option(profile, precision, pricing, quota, rate)  # type: ignore[arg-type]
-            if wanted and option.usd_per_hour is not None and quota != 0:
-                options.append(option)
-    unknown = sorted(set(quotas) - known)
-    if unknown:
-        raise ArgumentError(f"--quota names no profile the mix may use (a {model} timing at the run's precision, "
-                            f"basis {'/'.join(sorted(allowed))}): {', '.join(unknown)}")
-    return options
-
-
-def fleet_from_counts(profiles: Sequence[Profile], model: str, counts: Mapping[str, int],
-                      overrides: Mapping[str, str] | None = None, evictions_per_hour: float = 0.0) -> list[tuple[Option, int]]:
-    """A fixed fleet from `NAME=N` / `NAME:spot=N` counts, each profile at its run precision (unpriced allowed)."""
-    from tessera_pipeline.plan.profiles import find_profile
-
-    fleet: list[tuple[Option, int]] = []
-    for key, count in counts.items():
-        name, _, suffix = key.partition(":")
-        if suffix not in ("", "spot"):
-            raise ArgumentError(f"--machines {key}: use NAME=N or NAME:spot=N")
-        profile = find_profile(profiles, name)
-        precision = policy_precision(profile, model, overrides)
-        if precision is None:
-            raise ArgumentError(f"--machines {key}: profile {profile.name} has no {model} timing at the run's precision "
-                                f"{run_precision(profile.hw_class, overrides)} (a run config's node_types can set another)")
-        pricing = "spot" if suffix else "on-demand"
-        rate = evictions_per_hour if suffix else 0.0
-        fleet.append((Option(profile, precision, pricing, None, rate), int(count)))  # type: ignore[arg-type]
-    return fleet
-
-
-def cheapest_mix(work: Work, options: Sequence[Option], model: str, deadline_days: float) -> Fleet:
-    """The cheapest fleet of the options that finishes the work within the deadline, within quotas."""
-    if deadline_days <= 0:
-        raise ArgumentError("--deadline must be more than 0 days")
-    if not options:
-        return Fleet(items=[], wall_s=0.0, hours=0.0, usd_total=None, deadline_days=deadline_days,
-                     meets_deadline=False, note="no priced profile with a timing for this model")
-    deadline_s = deadline_days * SECONDS_PER_DAY
-
-    def usd_per_tile(option: Option) -> float:
-        """What one tile costs under this option: the greedy order."""
-        return (option.usd_per_hour or 0.0) / 3600.0 / _rate(work, option, model)
-
-    chosen: list[tuple[Option, int]] = []
-    tiles_left = float(work.tiles)
-    for option in sorted(options, key=usd_per_tile):
-        budget = deadline_s - option.profile.startup_s
-        per_tile = 1.0 / _rate(work, option, model)
-        if budget < per_tile:
-            continue
-        per_machine = budget / per_tile
-        wanted = math.ceil(tiles_left / per_machine - 1e-9)
-        n = wanted if option.quota is None else min(wanted, option.quota)
-        if n <= 0:
-            continue
-        chosen.append((option, n))
-        tiles_left -= n * per_machine
-        if tiles_left <= 0:
-            break
-    fleet = fleet_estimate(work, chosen, model)
-    meets = tiles_left <= 0 and fleet.wall_s <= deadline_s * (1 + 1e-9)
-    note = "" if meets else "the quotas cannot finish the work by the deadline: this is the fastest fleet they allow"
-    return fleet.model_copy(update={"deadline_days": deadline_days, "meets_deadline": meets, "note": note})

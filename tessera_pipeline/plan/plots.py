@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tessera_pipeline.errors import ConfigError
+from tessera_pipeline.plan.clouds import cheapest_offerings
 from tessera_pipeline.plan.cost import PlanRow, Work
 from tessera_pipeline.plan.profiles import Profile
 
@@ -86,12 +87,13 @@ def plot_ms_per_pixel(profiles: Sequence[Profile], path: Path) -> Path:
 
 
 def plot_cost(rows: Sequence[PlanRow], work: Work, path: Path) -> Path:
-    """Horizontal bars: total cost of the work per profile and precision, on demand and spot.
+    """Horizontal bars: total cost of the work per profile and precision (its cheapest offering), on demand and spot.
 
     Profiles without any non-zero price (a calibrated machine with no price given) are left out.
     """
     plt = _pyplot()
-    priced = [r for r in rows if (r.usd_total or 0.0) > 0 or (r.usd_total_spot or 0.0) > 0]
+    cheapest = [r for r, _ in cheapest_offerings(rows)]
+    priced = [r for r in cheapest if (r.usd_total or 0.0) > 0 or (r.usd_total_spot or 0.0) > 0]
     priced.sort(key=lambda r: (r.usd_total if r.usd_total is not None else r.usd_total_spot or 0.0), reverse=True)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(priced) + 1.6))
     ys = list(range(len(priced)))
@@ -102,8 +104,8 @@ def plot_cost(rows: Sequence[PlanRow], work: Work, path: Path) -> Path:
         bars = ax.barh([y + offset for y in ys], [(v or 0.0) / unit for v in values], 0.4, label=label, color=colour)
         ax.bar_label(bars, labels=["no price" if v is None else usd_label(v) for v in values], fontsize=7, padding=2)
     ax.set_yticks(ys)
-    ax.set_yticklabels([f"{r.profile} ({r.basis}) {r.model} {r.precision}{' (run policy)' if r.policy else ''}"
-                        for r in priced], fontsize=8)
+    ax.set_yticklabels([f"{r.family or r.profile}{f' on {r.cloud} {r.instance}' if r.cloud else ''} ({r.basis}) "
+                        f"{r.model} {r.precision}{' (run policy)' if r.policy else ''}" for r in priced], fontsize=8)
     ax.set_xlabel(f"total machine cost, {axis_label}")
     ax.set_title(f"Cost of {work.tiles:,} tiles ({work.mean_pixels:,.0f} pixels per tile on average)", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")

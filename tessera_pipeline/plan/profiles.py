@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tessera_pipeline.errors import ArgumentError, ConfigError, format_validation_error
+from tessera_pipeline.plan.prices import Offering
 from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Timing(BaseModel):
     tokens_per_pixel: float | None = Field(default=None, gt=0, description="Mean S2 + S1 observations per pixel of the timed "
                                            "tile (time is linear in them); None when not known.")
     source: str | None = None
+    derivation: dict[str, float | str] | None = Field(default=None, description="For a projected timing: each factor "
+                                                       "of its seconds with its source (`plan --json` carries it).")
 
     @field_validator("seconds", mode="before")
     @classmethod
@@ -128,6 +131,11 @@ class Profile(BaseModel):
     usd_per_hour: float | None = Field(default=None, ge=0)
     usd_per_hour_spot: float | None = Field(default=None, ge=0)
     price_source: str | None = None
+    price_date: str | None = Field(default=None, description="The date the price's source says it was generated.")
+    price_from_table: bool = Field(default=False, description="Without a price of its own, priced per offering of "
+                                   "its class in the price table (`plan.prices`).")
+    family: str | None = Field(default=None, description="The profile a table-priced copy was made from.")
+    offering: Offering | None = Field(default=None, description="The cloud offering that prices this copy.")
     startup_s: float = Field(default=0.0, ge=0, description="One-time cost per machine: model load and warm-up.")
     tile_overhead_s: float = Field(default=0.0, ge=0, description="Fixed wall seconds per tile (I/O, commit).")
     overhead_source: str | None = Field(default=None, description="Where startup_s and tile_overhead_s come from.")
@@ -149,8 +157,7 @@ class Profile(BaseModel):
         """A copy with the given prices replacing the stored ones (None keeps the stored price)."""
         update: dict[str, Any] = {}
         if usd_per_hour is not None:
-            update["usd_per_hour"] = usd_per_hour
-            update["price_source"] = "given on the command line"
+            update.update(usd_per_hour=usd_per_hour, price_source="given on the command line", price_date=None)
         if usd_per_hour_spot is not None:
             update["usd_per_hour_spot"] = usd_per_hour_spot
         return self.model_copy(update=update)
@@ -279,9 +286,10 @@ def parse_assignments(pairs: Iterable[str], what: str, *, as_int: bool = False) 
 
 
 def find_profile(profiles: Iterable[Profile], key: str) -> Profile:
-    """The profile named `key` (or whose machine is `key`); ArgumentError listing the names otherwise."""
+    """The profile named `key` (or whose machine is `key`, or the first, cheapest, table-priced copy of profile `key`);
+    ArgumentError listing the names otherwise."""
     profiles = list(profiles)
     for p in profiles:
-        if key in (p.name, p.machine):
+        if key in (p.name, p.machine, p.family):
             return p
     raise ArgumentError(f"no profile named {key!r}; profiles: {', '.join(p.name for p in profiles)}")
