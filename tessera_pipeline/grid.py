@@ -126,7 +126,7 @@ def _name_parts() -> tuple[list[str], list[str]]:
 
 
 def names_from_index(ix: np.ndarray, iy: np.ndarray) -> list[str]:
-    """Tile names of many cells (from the formatted columns and rows: the globe's 1.6 M names in about a second)."""
+    """Tile names of many cells (each column and row is formatted once, not once per tile)."""
     lons, lats = _name_parts()
     return [lons[x] + lats[y] for x, y in zip(np.asarray(ix).tolist(), np.asarray(iy).tolist())]
 
@@ -154,8 +154,8 @@ def index_from_name(name: str) -> tuple[int, int]:
 
 
 def indices_from_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Cell indices (ix, iy) of many tile names at once (the globe's 1.6 M in about a second); TileNameError
-    for a name off the grid."""
+    """Cell indices (ix, iy) of many tile names (looked up among the formatted columns and rows, not parsed one
+    by one); TileNameError for a name off the grid."""
     lons, lats = _name_parts()
     columns = {p: i for i, p in enumerate(lons)}
     rows = {p: i for i, p in enumerate(lats)}

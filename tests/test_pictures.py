@@ -112,6 +112,9 @@ def test_status_map_of_a_county_shows_each_tile_by_state_outlined_and_named(tmp_
     legend = picture[:, frame.left + frame.width + 10:].reshape(-1, 3)
     for colour in (GREEN, GREY, _rgb(FAILED_COLOURS[0]), _rgb(FAILED_COLOURS[1]), _rgb(LAND), _rgb(SEA)):
         assert (legend == colour).all(axis=1).any(), colour
+    again = CliRunner().invoke(cli, ["status", "--store", store, "--map", str(png)])
+    assert again.exit_code == 2 and "--overwrite" in again.output, again.output
+    assert CliRunner().invoke(cli, ["status", "--store", store, "--map", str(png), "--overwrite"]).exit_code == 1
 
 
 def test_awaiting_input_tiles_are_drawn_in_their_own_colour_when_the_status_has_them(tmp_path: Path) -> None:

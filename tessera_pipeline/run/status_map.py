@@ -3,8 +3,8 @@ the land mask, one PNG that reads for the whole globe and for a county alike.
 
 Tiles are a raster of 0.1 degree cells, never one patch per tile, so 1.6 M tiles draw in seconds. A
 globe is shrunk by keeping, in each block of cells, the state that most needs seeing (failed over
-awaiting input over pending over complete), so one failed tile among a million complete ones still
-shows. A small region is enlarged instead, with each tile outlined and, where it fits, named.
+awaiting input over pending over complete), and failed and awaiting-input tiles are drawn 3 px wide,
+so one failed tile among a million complete ones still shows. A small region is enlarged instead, with each tile outlined and, where it fits, named.
 """
 
 from __future__ import annotations
@@ -114,6 +114,15 @@ def _shrink(grid: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).max(axis=(1, 3))
 
 
+def _widen(grid: np.ndarray, urgent: int) -> np.ndarray:
+    """Draw cells of rank `urgent` or above 3 x 3 px (over their neighbours), so a lone failed tile shows on a globe."""
+    marks = np.where(grid >= urgent, grid, 0)
+    padded = np.pad(marks, 1)
+    h, w = grid.shape
+    widest = np.max([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+    return np.maximum(grid, widest)
+
+
 def _scale(shape: tuple[int, int], mid_lat: float, world: bool) -> tuple[int, int, int]:
     """(shrink factor, px per cell across, px per cell down): fit the map in MAX_WIDTH x MAX_HEIGHT;
     a region's cells are as wide as they are on the ground (cos of its latitude)."""
@@ -180,7 +189,11 @@ def draw_status_map(lon: np.ndarray, lat: np.ndarray, codes: np.ndarray, states:
     south, north = iy0 / CELLS_PER_DEGREE - 90.0, iy1 / CELLS_PER_DEGREE - 90.0
     grid = _ranks(ix, iy, rank_of_code[codes], (ix0, iy0, ix1, iy1), land)
     factor, sx, sy = _scale(grid.shape, (south + north) / 2, world)
-    image = _raster(_shrink(grid, factor), palette, sx, sy)
+    grid = _shrink(grid, factor)
+    urgent = [rank_of_code[c] for c in range(len(states)) if _priority(states[c]) >= _PRIORITY[AWAITING_INPUT]]
+    if sx == 1 and urgent:
+        grid = _widen(grid, min(urgent))
+    image = _raster(grid, palette, sx, sy)
     h, w = image.shape[:2]
     left, right, top, bottom = MARGINS
     fig_w, fig_h = left + w + right, top + h + bottom
@@ -207,6 +220,8 @@ def draw_status_map(lon: np.ndarray, lat: np.ndarray, codes: np.ndarray, states:
                 Patch(facecolor=SEA, edgecolor="black", label="sea (no tiles)")]
     cell_note = (f"one pixel = {factor} x {factor} tiles\n(a block shows its most urgent state)" if factor > 1
                  else "one pixel = one 0.1 degree tile" if sx == 1 else "outlined cells are 0.1 degree tiles")
+    if sx == 1 and urgent:
+        cell_note += "\nfailed and awaiting-input tiles drawn 3 px wide"
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=((left + w + 20) / fig_w, 1 - top / fig_h),
                fontsize=13, title=f"{codes.size:,} tiles\n{cell_note}", title_fontsize=11, frameon=False,
                alignment="left")
