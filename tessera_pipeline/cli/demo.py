@@ -68,12 +68,12 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     region (tiles outlined and named, first three principal components as colour) and the run's status map.
     """
     from tessera_pipeline.cli.console import make_console, print_table
+    from tessera_pipeline.cli.demo_pictures import draw_region_tiles
     from tessera_pipeline.cli.run_display import print_summary, run_display
     from tessera_pipeline.grid import TileSet
     from tessera_pipeline.inputs.synthetic import check_size_fits, make_synthetic_tile, parse_size
     from tessera_pipeline.model.random_checkpoint import save_random_checkpoint
     from tessera_pipeline.read import open_reader
-    from tessera_pipeline.cli.demo_pictures import draw_region_tiles
     from tessera_pipeline.run.config import build_config
     from tessera_pipeline.run.session import start
     from tessera_pipeline.run.status import run_status

@@ -49,8 +49,9 @@ def _outline(tile: str, epsg: int) -> tuple[np.ndarray, np.ndarray]:
 
     west, south, east, north = tile_bounds(tile)
     t = np.linspace(0.0, 1.0, 21)
-    lon = np.concatenate([west + (east - west) * t, np.full_like(t, east), east - (east - west) * t, np.full_like(t, west)])
-    lat = np.concatenate([np.full_like(t, south), south + (north - south) * t, np.full_like(t, north), north - (north - south) * t])
+    across, up = west + (east - west) * t, south + (north - south) * t
+    lon = np.concatenate([across, np.full_like(t, east), across[::-1], np.full_like(t, west)])
+    lat = np.concatenate([np.full_like(t, south), up, np.full_like(t, north), up[::-1]])
     x, y = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
     return np.asarray(x), np.asarray(y)
 

@@ -49,7 +49,8 @@ def tile_states(plan: PlannedTiles, masks: dict[str, np.ndarray]) -> TileStates:
     return TileStates((ix + 0.5) / CELLS_PER_DEGREE - 180.0, (iy + 0.5) / CELLS_PER_DEGREE - 90.0, codes, names)
 
 
-def failed_masks(plan: PlannedTiles, failures: list[FailedTile], reasons: dict[tuple[int, str], str]) -> dict[str, np.ndarray]:
+def failed_masks(plan: PlannedTiles, failures: list[FailedTile],
+                 reasons: dict[tuple[int, str], str]) -> dict[str, np.ndarray]:
     """A mask over the plan per failure reason ("failed: REASON"; the MAP_REASONS commonest, then one for
     the rest and one for records not read)."""
     rows = np.flatnonzero(plan_mask(plan, {f.key for f in failures}))

@@ -4,7 +4,8 @@ the land mask, one PNG that reads for the whole globe and for a county alike.
 Tiles are a raster of 0.1 degree cells, never one patch per tile, so 1.6 M tiles draw in seconds. A
 globe is shrunk by keeping, in each block of cells, the state that most needs seeing (failed over
 awaiting input over pending over complete), and failed and awaiting-input tiles are drawn 3 px wide,
-so one failed tile among a million complete ones still shows. A small region is enlarged instead, with each tile outlined and, where it fits, named.
+so one failed tile among a million complete ones still shows. A small region is enlarged instead, with
+each tile outlined and, where it fits, named.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _extent(ix: np.ndarray, iy: np.ndarray) -> tuple[int, int, int, int, bool]:
 
 def _ranks(ix: np.ndarray, iy: np.ndarray, ranks: np.ndarray, box: tuple[int, int, int, int],
            land: np.ndarray | None) -> np.ndarray:
-    """The drawn cells' ranks, north row first: 0 sea, 1 land, 2+ a tile's state (the highest where tiles share a cell)."""
+    """The drawn cells' ranks, north row first: 0 sea, 1 land, 2+ a tile's state (the highest where tiles
+    share a cell)."""
     ix0, iy0, ix1, iy1 = box
     grid = np.ones((iy1 - iy0, ix1 - ix0), dtype=np.uint8)
     if land is not None:
@@ -178,7 +180,8 @@ def draw_status_map(lon: np.ndarray, lat: np.ndarray, codes: np.ndarray, states:
 
     plt = pyplot()
     codes = np.asarray(codes, np.int64)
-    ix, iy = (np.asarray(v, np.int64) for v in index_from_point(np.asarray(lon, np.float64), np.asarray(lat, np.float64)))
+    cells = index_from_point(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
+    ix, iy = (np.asarray(v, np.int64) for v in cells)
     order = sorted(range(len(states)), key=lambda c: _priority(states[c]))
     rank_of_code = np.zeros(max(len(states), 1), dtype=np.uint8)
     rank_of_code[order] = np.arange(2, 2 + len(order), dtype=np.uint8)
@@ -233,7 +236,8 @@ def draw_status_map(lon: np.ndarray, lat: np.ndarray, codes: np.ndarray, states:
 
 
 def draw_run_map(st: RunStatus, path: str | Path) -> MapFrame:
-    """The status map of a run (`run_status(..., with_tiles=True)`) on the embedded land mask, titled with its counts."""
+    """The status map of a run (`run_status(..., with_tiles=True)`) on the embedded land mask, titled with its
+    counts."""
     from tessera_pipeline.landmask import globe_land_grid
 
     if st.tiles is None:
