@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +118,17 @@ def name_from_index(ix: int, iy: int) -> str:
     return f"grid_{_fmt_centi(int(_centi(ix, 180)))}_{_fmt_centi(int(_centi(iy, 90)))}"
 
 
+@functools.lru_cache(maxsize=1)
+def _name_parts() -> tuple[list[str], list[str]]:
+    """Every column's `grid_{lon}_` prefix and every row's `{lat}`, formatted once."""
+    return ([f"grid_{_fmt_centi(int(v))}_" for v in _centi(np.arange(N_LON), 180).tolist()],
+            [_fmt_centi(int(v)) for v in _centi(np.arange(N_LAT), 90).tolist()])
+
+
 def names_from_index(ix: np.ndarray, iy: np.ndarray) -> list[str]:
-    """Tile names of many cells."""
-    return [name_from_index(x, y) for x, y in zip(np.asarray(ix).tolist(), np.asarray(iy).tolist())]
+    """Tile names of many cells (each column and row is formatted once, not once per tile)."""
+    lons, lats = _name_parts()
+    return [lons[x] + lats[y] for x, y in zip(np.asarray(ix).tolist(), np.asarray(iy).tolist())]
 
 
 def tile_name(lon: float, lat: float) -> str:
@@ -143,6 +151,22 @@ def index_from_name(name: str) -> tuple[int, int]:
     """Cell indices of a tile name."""
     ix, iy = index_from_centre(*parse_tile_name(name))
     return int(ix), int(iy)
+
+
+def indices_from_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Cell indices (ix, iy) of many tile names (looked up among the formatted columns and rows, not parsed one
+    by one); TileNameError for a name off the grid."""
+    lons, lats = _name_parts()
+    columns = {p: i for i, p in enumerate(lons)}
+    rows = {p: i for i, p in enumerate(lats)}
+    ix, iy = np.empty(len(names), dtype=np.int64), np.empty(len(names), dtype=np.int64)
+    try:
+        for k, name in enumerate(names):
+            head, _, tail = name.rpartition("_")
+            ix[k], iy[k] = columns[head + "_"], rows[tail]
+    except KeyError as exc:
+        raise TileNameError(f"not a tile name (expected grid_<lon>_<lat> on the grid): {names[k]!r}") from exc
+    return ix, iy
 
 
 def tile_from_point(lon: float, lat: float) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from tessera_pipeline.cli.main import cli
 from tessera_pipeline.inputs.synthetic import make_synthetic_tile
@@ -88,6 +89,9 @@ def test_demo_runs_end_to_end_and_says_weights_are_random(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" in result.stdout and "verified 4 committed tiles" in result.stdout
     assert "all checksums match" in result.stdout and "4 tiles committed, 0 failed" in result.stdout
+    assert "48 px encoded" in result.stdout  # 4 tiles of 3 x 4 px, not the plan's full-size count
     assert (tmp_path / "demo" / "grid_-1.55_53.25.tif").is_file()
-    assert (tmp_path / "demo" / "region_pca.png").is_file()
+    picture = np.asarray(Image.open(tmp_path / "demo" / "region_pca.png").convert("RGB")).astype(int)
+    assert (picture.sum(axis=2) < 30).mean() < 0.05, "the region picture is mostly black"
+    assert (tmp_path / "demo" / "status_map.png").is_file()
     assert "sample_points" in result.stdout and "no-observations" in result.stdout and "water" in result.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,33 +24,7 @@ DEMO_BBOX = "-1.6,53.2,-1.4,53.4"
 DEMO_TILES = ("grid_-1.55_53.25", "grid_-1.45_53.25", "grid_-1.55_53.35", "grid_-1.45_53.35")
 #: What the demo writes under --out: the only entries it ever deletes there (see cli/outputs.py).
 DEMO_OUTPUTS = ("inputs", "store.zarr", "random_v1_1.pt", f"{DEMO_TILE}.tif", f"{DEMO_TILE}_scales.tif",
-                f"{DEMO_TILE}_pca.png", "region_pca.png")
-
-
-def write_pca_png(embeddings: np.ndarray, path: Path) -> None:
-    """Save the first three principal components of (H, W, D) embeddings as an RGB PNG (NaN pixels black),
-    zoomed (nearest neighbour) to about 512 px on the long side when the raster is small."""
-    import rasterio
-    import rasterio.errors
-
-    h, w, d = embeddings.shape
-    flat = embeddings.reshape(-1, d).astype(np.float64)
-    valid = ~np.isnan(flat).any(axis=1)
-    rgb = np.zeros((h * w, 3))
-    if valid.any():
-        data = flat[valid] - flat[valid].mean(axis=0)
-        _, _, vt = np.linalg.svd(data, full_matrices=False)
-        pcs = data @ vt[:3].T
-        lo, hi = np.percentile(pcs, 2, axis=0), np.percentile(pcs, 98, axis=0)
-        rgb[valid, :pcs.shape[1]] = np.clip((pcs - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
-    image = (rgb.reshape(h, w, 3) * 255).astype(np.uint8).transpose(2, 0, 1)
-    zoom = max(1, 512 // max(h, w))  # small demo tiles: nearest-neighbour zoom so the picture can be seen
-    image = image.repeat(zoom, axis=1).repeat(zoom, axis=2)
-    h, w = h * zoom, w * zoom
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="PNG", width=w, height=h, count=3, dtype="uint8") as dst:
-            dst.write(image)
+                f"{DEMO_TILE}_pca.png", "region_pca.png", "status_map.png")
 
 
 def _sampled(reader: Reader, region: xr.DataArray) -> Table:
@@ -91,10 +64,11 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     Inputs: 4 synthetic d-pixel tiles around Manchester (reduced-size corners, each with roi.tiff).
     Model: a real-size Tessera v1.1 with RANDOM weights (real weights cannot be downloaded here), so
     the embeddings are NOT Tessera embeddings. The tiles go through `tessera-pipeline run` on a local
-    Ray cluster into a local Zarr store, which is then verified and read back: a GeoTIFF and a PNG
-    of the first three principal components.
+    Ray cluster into a local Zarr store, which is then verified and read back: a GeoTIFF, a picture of the
+    region (tiles outlined and named, first three principal components as colour) and the run's status map.
     """
     from tessera_pipeline.cli.console import make_console, print_table
+    from tessera_pipeline.cli.demo_pictures import draw_region_tiles
     from tessera_pipeline.cli.run_display import print_summary, run_display
     from tessera_pipeline.grid import TileSet
     from tessera_pipeline.inputs.synthetic import check_size_fits, make_synthetic_tile, parse_size
@@ -102,6 +76,8 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     from tessera_pipeline.read import open_reader
     from tessera_pipeline.run.config import build_config
     from tessera_pipeline.run.session import start
+    from tessera_pipeline.run.status import run_status
+    from tessera_pipeline.run.status_map import draw_run_map
     from tessera_pipeline.store import TileStore
     from tessera_pipeline.store.export import export_tiles
 
@@ -141,10 +117,8 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
     reader = open_reader(store)
     west, south, east, north = (float(v) for v in DEMO_BBOX.split(","))
     region = reader.read_region((west, south, east, north), DEMO_YEAR)
-    png = out_dir / "region_pca.png"
-    write_pca_png(region.values.transpose(1, 2, 0), png)
     console.print(f"6. read_region of the box on UTM zone 30's 10 m grid ({region.sizes['y']} x {region.sizes['x']} px, "
-                  f"{region.rio.crs}): its first 3 principal components, each tile's {size} px in its true place: {png}")
+                  f"{region.rio.crs}), each tile's {size} px in its true place")
     print_table(console, _sampled(reader, region))
     tiles = [store.read_tile(DEMO_YEAR, t, dequantise=True) for t in DEMO_TILES]
     table = Table("tile", "size", "EPSG", "version", "precision", "hardware class", title="the store")
@@ -153,6 +127,15 @@ def demo(out_dir: Path, size: str, precision: str | None, overwrite: bool, local
         table.add_row(t.tile, f"{t.embeddings.shape[0]}x{t.embeddings.shape[1]}", str(t.epsg), t.version,
                       str(prov.get("precision")), str(prov.get("hardware_class")))
     print_table(console, table)
+    png = out_dir / "region_pca.png"
+    draw_region_tiles(tiles, png, title=f"demo region {DEMO_BBOX} ({DEMO_YEAR}): {len(tiles)} tiles of {size} px, "
+                                         "RANDOM weights")
+    console.print(f"8. picture of the region {png}: the tiles outlined and named, each tile's {size} px where it "
+                  "lies and enlarged beside (first 3 principal components as colour)", markup=False)
+    status_png = out_dir / "status_map.png"
+    draw_run_map(run_status(store_url, with_tiles=True), status_png)
+    console.print(f"9. tessera-pipeline status --store {store_url} --map {status_png}: the run's tiles by state "
+                  "(complete, failed by reason, pending) on the land mask", markup=False)
     console.print(f"Read it back: tessera-pipeline sample --store {store_url} --year {DEMO_YEAR} --points points.csv "
                   f"--out samples.parquet ; tessera-pipeline export --store {store_url} --year {DEMO_YEAR} "
                   f"--bbox={DEMO_BBOX} --geotiff box.tif --mosaic ; or in Python: "

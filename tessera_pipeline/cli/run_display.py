@@ -100,9 +100,11 @@ def run_display(console: Console, *, json_stdout: bool = False) -> Iterator[Call
 
 
 def print_summary(console: Console, report: RunReport, store: str) -> None:
-    """The table at the end of a run: what was planned, done, failed (by reason) and how fast, per class."""
+    """The table at the end of a run: what was planned, done, failed (by reason) and how fast, per class, and the
+    pixels actually encoded (reduced-size inputs, as the demo's, hold fewer than the plan counts)."""
     out = report.outcome
-    console.print(f"{report.kind} {report.run_id}: {report.planned:,} tiles planned ({report.planned_pixels:,} px), "
+    console.print(f"{report.kind} {report.run_id}: {report.planned:,} tiles planned ({report.planned_pixels:,} px at "
+                  "the grid's tile sizes), "
                   f"{report.already_complete:,} already complete, {report.skipped_failed:,} failed earlier "
                   f"(left out; --retry-failed retries them), {report.todo:,} to do", markup=False)
     if out is None:
@@ -117,7 +119,10 @@ def print_summary(console: Console, report: RunReport, store: str) -> None:
     if idle:
         console.print(f"actor idle time between tiles: max {100 * max(idle.values()):.1f}% "
                       f"(mean {100 * sum(idle.values()) / len(idle):.1f}%)", markup=False)
-    console.print(f"{p.complete:,} tiles committed, {p.failed} failed, in {_fmt_s(p.elapsed_s)}", markup=False)
+    smaller = (f" (their inputs are smaller than the grid's tiles, which hold {p.planned_pixels_done:,} px)"
+               if p.pixels_done < p.planned_pixels_done else "")
+    console.print(f"{p.complete:,} tiles committed, {p.failed} failed, in {_fmt_s(p.elapsed_s)}: "
+                  f"{p.pixels_done:,} px encoded{smaller}", markup=False)
     for reason, n in sorted(p.failed_by_reason.items()):
         console.print(f"  failed: {reason}: {n}", markup=False)
     if p.failed:

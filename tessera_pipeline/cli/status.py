@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.table import Table
@@ -17,16 +18,32 @@ from tessera_pipeline.cli.console import make_console, print_table
 @click.option("--all-reasons", is_flag=True, help="Count failure reasons over every failure record (default: the "
               "first 1,000; one GET each).")
 @click.option("--json", "as_json", is_flag=True, help="JSON: complete, failed, pending, failed_by_reason, throughput, ...")
-def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool) -> None:
+@click.option("--map", "map_png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the run's tiles by state (complete, failed by reason, pending, awaiting input) on a "
+                   "world or region map, as this PNG.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --map file.")
+def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool, map_png: Path | None,
+           overwrite: bool) -> None:
     """Show a run's progress: whether its driver is running, tiles complete, failed (by reason) and pending,
     throughput by hardware class, quarantined actors and given-up nodes.
 
     Reads listings (1,000 keys a request) and only the records it shows, so it answers in seconds
-    for a global run. Exit code 1 while any planned tile has failed, 0 otherwise.
+    for a global run. With --map, failed tiles whose record was not read (beyond the first 1,000;
+    --all-reasons reads all) are drawn as one colour. Exit code 1 while any planned tile has failed,
+    0 otherwise.
     """
     from tessera_pipeline.run.status import REASONS_FROM, run_status
 
-    st = run_status(store, run_id, reasons_from=None if all_reasons else REASONS_FROM)
+    if map_png is not None:
+        from tessera_pipeline.cli.outputs import check_output_files
+
+        check_output_files([map_png], "--map", overwrite=overwrite)
+    st = run_status(store, run_id, reasons_from=None if all_reasons else REASONS_FROM, with_tiles=map_png is not None)
+    if map_png is not None:
+        from tessera_pipeline.run.status_map import draw_run_map
+
+        map_png.parent.mkdir(exist_ok=True)
+        draw_run_map(st, map_png)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=1))
     else:
@@ -72,5 +89,7 @@ def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool) -> 
                 table.add_row(cls, str(v.get("actors", "")), ",".join(map(str, threads.get(cls, []))) or "-",
                               f"{v.get('tiles', 0):,}", f"{v.get('px_per_s', 0):,.0f}")
             print_table(console, table)
+        if map_png is not None:
+            console.print(f"map of the run's tiles by state: {map_png}", markup=False)
     if st.failed:
         sys.exit(1)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from tessera_pipeline.errors import ConfigError
+from tessera_pipeline.figures import pyplot
 from tessera_pipeline.plan.clouds import cheapest_offerings
 from tessera_pipeline.plan.cost import PlanRow, Work
 from tessera_pipeline.plan.profiles import Profile
@@ -21,18 +21,6 @@ MS_PER_PIXEL_PNG = "plan-ms-per-pixel.png"
 COST_PNG = "plan-cost.png"
 _SERIES = [("v1.0", "fp32"), ("v1.0", "bf16"), ("v1.1", "fp32"), ("v1.1", "bf16"), ("v1.1", "fp16")]
 _COLOURS = {"fp32": "#4477aa", "bf16": "#ee6677", "fp16": "#ccbb44"}
-
-
-def _pyplot():  # type: ignore[no-untyped-def]
-    """matplotlib's pyplot on the file-only Agg backend; ConfigError naming the extra when it is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConfigError("plots need matplotlib: pip install 'tessera-pipeline[plots]'") from exc
-    return plt
 
 
 def usd_label(value: float | None) -> str:
@@ -59,7 +47,7 @@ def _usd_axis(largest: float) -> tuple[float, str]:
 
 def plot_ms_per_pixel(profiles: Sequence[Profile], path: Path) -> Path:
     """Grouped bars: machine milliseconds per pixel for each profile, by model and precision (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     series = [s for s in _SERIES if any(p.timing(*s) for p in profiles)]
     fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / max(len(series), 1)
@@ -91,7 +79,7 @@ def plot_cost(rows: Sequence[PlanRow], work: Work, path: Path) -> Path:
 
     Profiles without any non-zero price (a calibrated machine with no price given) are left out.
     """
-    plt = _pyplot()
+    plt = pyplot()
     cheapest = [r for r, _ in cheapest_offerings(rows)]
     priced = [r for r in cheapest if (r.usd_total or 0.0) > 0 or (r.usd_total_spot or 0.0) > 0]
     priced.sort(key=lambda r: (r.usd_total if r.usd_total is not None else r.usd_total_spot or 0.0), reverse=True)

@@ -13,14 +13,58 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from tessera_pipeline.run.completion import done_mask, failures_in_plan
+import numpy as np
+
+from tessera_pipeline.grid import CELLS_PER_DEGREE, indices_from_names
+from tessera_pipeline.run.completion import done_mask, failures_in_plan, plan_mask
 from tessera_pipeline.run.lease import read_lease
 from tessera_pipeline.store import TileStore
-from tessera_pipeline.store.runlog import RunLog
+from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog
 
 
 #: Failure records read to count reasons by default: a global run's status must not GET thousands.
 REASONS_FROM = 1000
+#: Failure reasons a map tells apart (the most common); the rest are drawn as one.
+MAP_REASONS = 5
+UNREAD_REASON = "failed (reason not read)"
+
+
+@dataclass(frozen=True)
+class TileStates:
+    """Every planned tile's state, as arrays for a map: centre lon/lat, a code per tile, the codes' names."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    codes: np.ndarray
+    names: list[str]
+
+
+def tile_states(plan: PlannedTiles, masks: dict[str, np.ndarray]) -> TileStates:
+    """States from masks over the plan (name -> True where a tile is in it), applied in order; the rest pending."""
+    names = ["pending", *masks]
+    codes = np.zeros(len(plan), dtype=np.uint8)
+    for code, mask in enumerate(masks.values(), start=1):
+        codes[mask] = code
+    ix, iy = indices_from_names(plan.tiles)
+    return TileStates((ix + 0.5) / CELLS_PER_DEGREE - 180.0, (iy + 0.5) / CELLS_PER_DEGREE - 90.0, codes, names)
+
+
+def failed_masks(plan: PlannedTiles, failures: list[FailedTile],
+                 reasons: dict[tuple[int, str], str]) -> dict[str, np.ndarray]:
+    """A mask over the plan per failure reason ("failed: REASON"; the MAP_REASONS commonest, then one for
+    the rest and one for records not read)."""
+    rows = np.flatnonzero(plan_mask(plan, {f.key for f in failures}))
+    found = [reasons.get((int(plan.years[i]), plan.tiles[i])) for i in rows.tolist()]
+    common = [r for r, _n in Counter(r for r in found if r is not None).most_common(MAP_REASONS)]
+    labels = np.array([f"failed: {r}" if r in common else UNREAD_REASON if r is None else "failed: other reasons"
+                       for r in found], dtype=object)
+    masks: dict[str, np.ndarray] = {}
+    for label in [*(f"failed: {r}" for r in common), "failed: other reasons", UNREAD_REASON]:
+        picked = rows[labels == label] if rows.size else rows
+        if picked.size:
+            masks[label] = np.zeros(len(plan), dtype=bool)
+            masks[label][picked] = True
+    return masks
 
 
 @dataclass(frozen=True)
@@ -45,6 +89,7 @@ class RunStatus:
     failed_by_kind: dict[str, int]
     driver: dict[str, Any] | None
     driver_live: bool
+    tiles: TileStates | None = None
 
     @property
     def state(self) -> str:
@@ -71,8 +116,8 @@ class RunStatus:
 
 
 def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 100,
-               reasons_from: int | None = REASONS_FROM) -> RunStatus:
-    """Compute a run's status (the current run by default).
+               reasons_from: int | None = REASONS_FROM, with_tiles: bool = False) -> RunStatus:
+    """Compute a run's status (the current run by default); `with_tiles` adds every tile's state for a map.
 
     Requests: the run record and plan, one listing of the markers and one of the failure records
     (1,000 keys a request), the commit log for a reprocess, and GETs of failure records only for the
@@ -93,6 +138,10 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     listed = [{"year": f.year, "tile": f.tile, "kind": f.kind, "reason": doc.get("reason"),
                "message": doc.get("message"), "attempts": doc.get("attempts")}
               for f, doc in zip(read[:list_failed], docs)]
+    states = None
+    if with_tiles:
+        reasons_of = {f.key: str(doc.get("reason", "unknown")) for f, doc in zip(read, docs) if doc}
+        states = tile_states(plan, {"complete": done, **failed_masks(plan, failures, reasons_of)})
     pixels_complete = int(plan.pixels[done].sum())
     complete = int(done.sum())
     progress = runlog.load_progress(rid)
@@ -110,5 +159,5 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
         reasons_counted=sum(reasons.values()),
         failed_tiles=listed, throughput=(progress or {}).get("by_class", {}), progress=progress,
         checkpoint=record.get("checkpoint", {}), failed_by_kind=dict(kinds), driver=driver,
-        driver_live=lease is not None and lease.live(),
+        driver_live=lease is not None and lease.live(), tiles=states,
     )
