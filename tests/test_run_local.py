@@ -76,6 +76,28 @@ def test_bad_input_fails_only_its_tile_and_retry_failed_completes_it(local_ray: 
     assert code == 0 and '"failed": 0' in out
 
 
+def test_tiles_whose_inputs_arrive_later_await_them_and_resume_picks_them_up(local_ray: None, tmp_path: Path) -> None:
+    """Inputs still being prepared: tiles with no input folder are neither failed nor recorded one by one; they
+    are counted as awaiting input, and once their inputs exist `resume` completes them."""
+    from tessera_pipeline.run.session import resume
+
+    make_inputs(tmp_path / "inputs", TILES[:2])
+    small_checkpoint(tmp_path / "ckpt.pt")
+    report = start(config(tmp_path), tileset())
+    assert report.outcome is not None and report.outcome.progress.complete == 2
+    assert (report.missing_inputs, report.outcome.progress.failed, report.failed_in_plan) == (2, 0, 0)
+    code, out = _status(tmp_path / "store.zarr")
+    assert code == 0 and '"awaiting_input": 2' in out and '"failed": 0' in out and '"pending": 0' in out, out
+    assert '"state": "awaiting-input"' in out, out
+    assert not (tmp_path / "store.zarr" / "_run" / "failures").exists()
+    make_inputs(tmp_path / "inputs", TILES[2:])
+    again = resume(str(tmp_path / "store.zarr"))
+    assert again.outcome is not None and again.outcome.progress.complete == 2 and again.missing_inputs == 0
+    assert_complete_once(str(tmp_path / "store.zarr"))
+    code, out = _status(tmp_path / "store.zarr")
+    assert code == 0 and '"awaiting_input": 0' in out and '"complete": 4' in out, out
+
+
 def test_exhausted_tiles_are_retried_by_default_permanent_ones_on_request(local_ray: None, work: Path) -> None:
     from tessera_pipeline.store.runlog import RunLog
 

@@ -73,7 +73,7 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
         click.echo(json.dumps({
             "tiles": report.planned, "pixels": report.planned_pixels, "already_complete": report.already_complete,
             "failed_left_out": report.skipped_failed, "todo_tiles": report.todo, "todo_pixels": report.todo_pixels,
-            "model": model, "missing_inputs": report.missing_inputs,
+            "model": model, "missing_inputs": report.missing_inputs, "awaiting_input": report.missing_inputs,
             "estimates": [{"profile": e.profile, "hw_class": e.hw_class, "basis": e.basis, "precision": e.precision,
                            "machine_hours": round(e.machine_hours, 2)} for e in estimates],
         }, indent=1))
@@ -83,7 +83,8 @@ def print_dry_run(console: Any, report: Any, config: RunConfig, as_json: bool) -
                   f"{report.todo:,} tiles ({report.todo_pixels:,} px) to do with model {model}", markup=False)
     if report.missing_inputs:
         console.print(f"{report.missing_inputs:,} planned tiles have no inputs under {config.input} for {config.year} "
-                      f"(e.g. {', '.join(report.missing_examples)}): they would fail as bad input", markup=False)
+                      f"yet (e.g. {', '.join(report.missing_examples)}): they would await their inputs, with no "
+                      "failure recorded; `resume` picks them up once their inputs exist", markup=False)
     table = Table("profile", "hardware class", "precision", "machine-hours", "days on 100 machines",
                   title="estimated time per hardware profile (published/calibrated timings)")
     for e in estimates:

@@ -107,6 +107,10 @@ def print_summary(console: Console, report: RunReport, store: str) -> None:
                   "the grid's tile sizes), "
                   f"{report.already_complete:,} already complete, {report.skipped_failed:,} failed earlier "
                   f"(left out; --retry-failed retries them), {report.todo:,} to do", markup=False)
+    if report.missing_inputs:
+        console.print(f"{report.missing_inputs:,} tiles await their inputs (e.g. {', '.join(report.missing_examples)}): "
+                      f"no failure is recorded for them; once their inputs exist, run: "
+                      f"tessera-pipeline resume --store {store}", markup=False)
     if out is None:
         return
     p = out.progress

@@ -53,6 +53,9 @@ def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool, map
                       f"{str(st.checkpoint.get('sha256', ''))[:12]}: {st.complete:,}/{st.planned:,} tiles complete "
                       f"({pct:.1f}%, {st.pixels_complete:,}/{st.pixels_planned:,} px), {st.failed:,} failed, "
                       f"{st.pending:,} pending", markup=False)
+        if st.awaiting_input:
+            console.print(f"{st.awaiting_input:,} tiles await their inputs (none existed when the run last started): "
+                          f"once they do, run: tessera-pipeline resume --store {store}", markup=False)
         d = st.driver
         if st.state == "running" and d:
             console.print(f"running: driver on {d['host']} (pid {d['pid']}), last beat {d['last_beat_s_ago']:.0f} s ago",

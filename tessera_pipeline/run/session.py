@@ -124,21 +124,25 @@ def store_checkpoint_source(store: TileStore, runlog: RunLog) -> str | None:
     return None
 
 
-def check_inputs(config: RunConfig, plan: PlannedTiles) -> tuple[int, list[str]]:
-    """How many planned tiles have no input folder (one listing per year); refuse when none has one."""
+def check_inputs(config: RunConfig, plan: PlannedTiles) -> tuple[np.ndarray, list[str]]:
+    """Which planned tiles have no input folder yet (one listing per year): they await their inputs and are
+    left for a later `resume`, with no record per tile. Refused when none of the plan has inputs."""
     from tessera_pipeline.inputs.catalogue import tiles_with_inputs
 
-    missing: list[str] = []
+    awaiting = np.zeros(len(plan), dtype=bool)
     for year in sorted(set(plan.years.tolist())):
         have = tiles_with_inputs(config.input, int(year))
-        missing += [t for y, t in zip(plan.years.tolist(), plan.tiles) if y == year and t not in have]
-    if plan.tiles and len(missing) == len(plan):
+        rows = np.flatnonzero(plan.years == year)
+        awaiting[rows] = np.fromiter((plan.tiles[i] not in have for i in rows.tolist()), dtype=bool, count=len(rows))
+    examples = [plan.tiles[i] for i in np.flatnonzero(awaiting)[:5].tolist()]
+    if plan.tiles and awaiting.all():
         raise InputError(f"none of the {len(plan):,} planned tiles has inputs under {config.input.rstrip('/')}/"
-                         f"{config.year}/ (e.g. {missing[0]}); check --input, --year and the region")
-    if missing:
-        log.warning("%d of %d planned tiles have no inputs under %s/%d/ (e.g. %s); they will fail as bad input",
-                    len(missing), len(plan), config.input.rstrip("/"), config.year, missing[0])
-    return len(missing), missing[:5]
+                         f"{config.year}/ (e.g. {examples[0]}); check --input, --year and the region")
+    if awaiting.any():
+        log.warning("%d of %d planned tiles have no inputs under %s/%d/ yet (e.g. %s): they await their inputs "
+                    "(no failure recorded); `resume` picks them up once their inputs exist", int(awaiting.sum()),
+                    len(plan), config.input.rstrip("/"), config.year, examples[0])
+    return awaiting, examples
 
 
 def check_dashboard() -> None:
@@ -274,7 +278,7 @@ def start(
     ckpt = _prepare_checkpoint(config, processor)
     if processor != "noop":
         check_store(store, ckpt, same_checkpoint=kind == "run")
-    missing, examples = check_inputs(config, plan) if processor != "noop" else (0, [])
+    awaiting, examples = check_inputs(config, plan) if processor != "noop" else (np.zeros(len(plan), bool), [])
     run_id = new_run_id()
     record = {
         "kind": kind, "created_at": datetime.now(timezone.utc).isoformat(), "config": config.to_record(),
@@ -288,10 +292,10 @@ def start(
     else:
         complete = done_mask(store, runlog, record, plan)
         failures = runlog.failed_tiles(config.year)
-    split, failed = _split(plan, complete, failures, retry_failed, retry_reason, runlog)
+    split, failed = _split(plan, complete, failures, retry_failed, retry_reason, runlog, awaiting)
     report = RunReport(run_id, kind, len(plan), plan.total_pixels, split.complete, split.failed,
                        len(split.todo), split.todo.total_pixels, dry_run=dry_run, checkpoint=ckpt,
-                       missing_inputs=missing, missing_examples=examples)
+                       missing_inputs=split.awaiting, missing_examples=examples)
     if dry_run:
         return report
     lease = _held(store, run_id, config, takeover, "reprocess" if kind == "reprocess" else "resume")
@@ -299,6 +303,7 @@ def start(
         if processor != "noop":
             store.create(ckpt.model_attrs)
         runlog.save_run(run_id, record, plan)
+        runlog.save_awaiting(run_id, awaiting & ~complete)
     except BaseException:
         lease.release()
         raise
@@ -309,7 +314,8 @@ def start(
 
 
 def _split(plan: PlannedTiles, complete: np.ndarray, failures: list[FailedTile], retry_failed: bool,
-           retry_reason: str | None, runlog: RunLog) -> tuple[WorkSplit, set[tuple[int, str]]]:
+           retry_reason: str | None, runlog: RunLog,
+           awaiting: np.ndarray | None = None) -> tuple[WorkSplit, set[tuple[int, str]]]:
     """Leave out complete tiles and permanent failures (unless retried, by reason when given); exhausted
     transient failures are always retried."""
     planned = failures_in_plan(plan, failures)
@@ -321,15 +327,19 @@ def _split(plan: PlannedTiles, complete: np.ndarray, failures: list[FailedTile],
     elif retry_failed:
         permanent = []
     left_out = plan_mask(plan, {f.key for f in permanent}) & ~complete
-    return split_plan(plan, complete, left_out), known
+    return split_plan(plan, complete, left_out, awaiting), known
 
 
 def resume_split(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: PlannedTiles, *,
-                 retry_failed: bool = False, retry_reason: str | None = None) -> tuple[WorkSplit, set[tuple[int, str]]]:
-    """What a resumed run has left to do, from listings (O(tiles / 1000) requests) and the records it acts on."""
+                 retry_failed: bool = False, retry_reason: str | None = None,
+                 awaiting: np.ndarray | None = None) -> tuple[WorkSplit, set[tuple[int, str]]]:
+    """What a resumed run has left to do, from listings (O(tiles / 1000) requests) and the records it acts on;
+    tiles still `awaiting` their inputs wait on (and the run's record of them is brought up to date)."""
     complete = done_mask(store, runlog, record, plan)
     failures = runlog.failed_tiles() if record.get("kind") != "reprocess" else []
-    return _split(plan, complete, failures, retry_failed, retry_reason, runlog)
+    if awaiting is not None:
+        runlog.save_awaiting(record["run_id"], awaiting & ~complete)
+    return _split(plan, complete, failures, retry_failed, retry_reason, runlog, awaiting)
 
 
 def _clean_record_config(record: dict[str, Any]) -> dict[str, Any]:
@@ -380,18 +390,19 @@ def resume(
     kind: RunKind = "reprocess" if record.get("kind") == "reprocess" else "run"
     if processor != "noop":
         check_store(store, ckpt, same_checkpoint=kind == "run")
-    missing, examples = check_inputs(config, plan) if processor != "noop" else (0, [])
-    lease = _held(store, record["run_id"], config, takeover)
+    awaiting, examples = check_inputs(config, plan) if processor != "noop" else (None, [])
+    lease = _held(store, record["run_id"], config, takeover, "reprocess" if kind == "reprocess" else "resume")
     try:
         if processor != "noop" and kind == "run":
             store.create(ckpt.model_attrs)
-        split, failed = resume_split(store, runlog, record, plan, retry_failed=retry_failed, retry_reason=retry_reason)
+        split, failed = resume_split(store, runlog, record, plan, retry_failed=retry_failed, retry_reason=retry_reason,
+                                     awaiting=awaiting)
     except BaseException:
         lease.release()
         raise
     report = RunReport(record["run_id"], kind, len(plan), plan.total_pixels, split.complete,
                        split.failed, len(split.todo), split.todo.total_pixels, checkpoint=ckpt,
-                       missing_inputs=missing, missing_examples=examples)
+                       missing_inputs=split.awaiting, missing_examples=examples)
     return _execute(config, record["run_id"], ckpt, split, store, runlog, lease, failed, report, on_progress,
                     processor, dict(processor_options or {}), None, dashboard)
 

@@ -2,7 +2,9 @@
 
 Complete means a commit marker (one listing of `_commits/{year}/`; for a reprocess, one it wrote); failed means a failure record
 whose tile has no marker (`permanent`: bad input, retried only on request; `exhausted`: transient
-failures that used up their attempts, retried by `resume`); pending is the rest. Whether a driver is
+failures that used up their attempts, retried by `resume`); awaiting-input means the tile had no input
+folder when the run last started (one bit per plan row in the store; `resume` looks again); pending is
+the rest. Whether a driver is
 running comes from the store's lease and its heartbeat; throughput, quarantines and given-up nodes
 from the driver's last progress snapshot. Works wherever the store is readable, with no Ray.
 """
@@ -90,19 +92,24 @@ class RunStatus:
     driver: dict[str, Any] | None
     driver_live: bool
     tiles: TileStates | None = None
+    awaiting_input: int = 0
 
     @property
     def state(self) -> str:
-        """`running` (a driver holds a live lease), `finished`, or `stopped` (no live driver, work left)."""
+        """`running` (a driver holds a live lease), `finished`, `awaiting-input` (only tiles whose inputs do not
+        exist yet are left), or `stopped` (no live driver, work left)."""
         if self.driver_live:
             return "running"
-        return "finished" if self.pending == 0 else "stopped"
+        if self.pending == 0:
+            return "awaiting-input" if self.awaiting_input else "finished"
+        return "stopped"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON `status --json` prints."""
         return {
             "run_id": self.run_id, "kind": self.kind, "created_at": self.created_at, "planned": self.planned,
             "complete": self.complete, "failed": self.failed, "pending": self.pending,
+            "awaiting_input": self.awaiting_input,
             "pixels_planned": self.pixels_planned, "pixels_complete": self.pixels_complete,
             "failed_by_reason": self.failed_by_reason, "reasons_counted": self.reasons_counted,
             "failed_tiles": self.failed_tiles,
@@ -130,6 +137,7 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     plan = runlog.load_plan(rid)
     done = done_mask(store, runlog, record, plan)
     failures = failures_in_plan(plan, runlog.failed_tiles(), done=done)
+    awaiting = runlog.load_awaiting(rid, len(plan)) & ~done & ~plan_mask(plan, {f.key for f in failures})
     kinds: Counter[str] = Counter(f.kind for f in failures)
     read = failures if reasons_from is None else failures[: max(reasons_from, list_failed)]
     docs = runlog.failure_docs(read)
@@ -141,7 +149,8 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     states = None
     if with_tiles:
         reasons_of = {f.key: str(doc.get("reason", "unknown")) for f, doc in zip(read, docs) if doc}
-        states = tile_states(plan, {"complete": done, **failed_masks(plan, failures, reasons_of)})
+        states = tile_states(plan, {"complete": done, "awaiting-input": awaiting,
+                                    **failed_masks(plan, failures, reasons_of)})
     pixels_complete = int(plan.pixels[done].sum())
     complete = int(done.sum())
     progress = runlog.load_progress(rid)
@@ -154,7 +163,8 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
                   "generation": info.generation, "released": info.released}
     return RunStatus(
         run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(plan),
-        complete=complete, failed=len(failures), pending=len(plan) - complete - len(failures),
+        complete=complete, failed=len(failures), pending=len(plan) - complete - len(failures) - int(awaiting.sum()),
+        awaiting_input=int(awaiting.sum()),
         pixels_planned=plan.total_pixels, pixels_complete=pixels_complete, failed_by_reason=dict(reasons),
         reasons_counted=sum(reasons.values()),
         failed_tiles=listed, throughput=(progress or {}).get("by_class", {}), progress=progress,

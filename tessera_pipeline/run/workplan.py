@@ -24,6 +24,7 @@ class WorkSplit:
     todo: PlannedTiles
     complete: int
     failed: int
+    awaiting: int = 0
 
 
 def plan_tiles(tiles: TileSet, year: int) -> PlannedTiles:
@@ -41,7 +42,11 @@ def subset(plan: PlannedTiles, keep: np.ndarray) -> PlannedTiles:
     return PlannedTiles(plan.years[idx], [plan.tiles[i] for i in idx.tolist()], plan.pixels[idx])
 
 
-def split_plan(plan: PlannedTiles, complete: np.ndarray, left_out: np.ndarray) -> WorkSplit:
-    """Leave out complete tiles and the `left_out` ones (permanent failures not retried); masks over the plan."""
+def split_plan(plan: PlannedTiles, complete: np.ndarray, left_out: np.ndarray,
+               awaiting: np.ndarray | None = None) -> WorkSplit:
+    """Leave out complete tiles, the `left_out` ones (permanent failures not retried) and those `awaiting` their
+    inputs; masks over the plan."""
     failed = left_out & ~complete
-    return WorkSplit(subset(plan, ~complete & ~failed), int(complete.sum()), int(failed.sum()))
+    waiting = np.zeros(len(plan), dtype=bool) if awaiting is None else awaiting & ~complete & ~failed
+    return WorkSplit(subset(plan, ~complete & ~failed & ~waiting), int(complete.sum()), int(failed.sum()),
+                     int(waiting.sum()))

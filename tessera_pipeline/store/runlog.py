@@ -6,6 +6,7 @@ Keys (relative to the store root, specified in docs/formats.md, section 7):
     _run/runs/{run_id}/run.json           the resolved run config, checkpoint identity, plan summary
     _run/runs/{run_id}/plan.tsv.gz        the planned tiles, largest first: "year<TAB>tile<TAB>pixels"
     _run/runs/{run_id}/progress.json      the driver's latest progress snapshot (throughput by class)
+    _run/runs/{run_id}/awaiting.bits      planned tiles whose inputs did not exist yet, one bit per plan row
     _run/runs/{run_id}/commits/{writer}-{seq}.tsv  the run's commit log: "year<TAB>tile" lines, <= 1,000 a page
     _run/lease.json                       the driver holding the store (run/lease.py): one driver per store
     _run/failures/{year}/{tile}.json        a tile that failed permanently (bad input): only --retry-failed retries it
@@ -177,6 +178,22 @@ class RunLog:
         if raw is None:
             raise StoreError(f"{self.backend.url}: run {run_id} has no plan")
         return decode_plan(raw)
+
+    def save_awaiting(self, run_id: str, awaiting: np.ndarray) -> None:
+        """Record which planned tiles have no inputs yet (a bit per plan row: 200 KB for the globe, not a
+        record per tile); an all-false mask removes the record."""
+        key = run_key(run_id, "awaiting.bits")
+        if not awaiting.any():
+            self.backend.delete(key)
+            return
+        self.backend.put_atomic(key, np.packbits(awaiting.astype(bool)).tobytes())
+
+    def load_awaiting(self, run_id: str, rows: int) -> np.ndarray:
+        """The planned tiles recorded as awaiting their inputs (all false when none are)."""
+        raw = self.backend.get(run_key(run_id, "awaiting.bits"))
+        if raw is None:
+            return np.zeros(rows, dtype=bool)
+        return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=rows).astype(bool)
 
     def save_progress(self, run_id: str, snapshot: dict[str, Any]) -> None:
         """Replace the run's progress snapshot (checked against `ProgressSnapshot`)."""
