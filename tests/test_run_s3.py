@@ -113,3 +113,33 @@ def test_an_s3_outage_of_a_minute_pauses_the_run_and_fails_no_tile(s3_run: dict[
     assert (progress.complete, progress.failed) == (len(EIGHT), 0), progress.to_dict()
     assert seen["paused"], "the run should have paused while every request failed"
     assert_complete_once(store, EIGHT, debris=True)
+    # The outage cost no tile an attempt: the driver's probe proved it, and what it had charged was refunded.
+    from tessera_pipeline.store import TileStore
+
+    attempts = {t: TileStore(store).marker(YEAR, t)["provenance"]["attempt"] for t in EIGHT}
+    assert set(attempts.values()) == {1}, attempts
+
+
+def test_a_lost_lease_renewal_reply_then_30_s_of_503s_never_depose_the_driver(s3_run: dict[str, Any]) -> None:
+    """The renewal at 20 s lands but its answer is lost; every lease PUT then fails for 30 s more. The driver
+    holds back new tiles meanwhile, then finds the lease still its own and finishes (the run lasts past the
+    renewal at 60 s, where a driver judging by its stale tag alone would depose itself)."""
+    bucket, proxy, work = s3_run["bucket"], s3_run["proxy"], s3_run["work"]
+    store = f"s3://{bucket}/store.zarr"
+    armed: dict[str, Any] = {"at": None}
+
+    def arm(p: Any) -> None:
+        if armed["at"] is None:
+            armed["at"] = time.monotonic()
+            proxy.add_rule(method="PUT", path_contains="_run/lease", action="lost", times=1)
+            proxy.add_rule(method="PUT", path_contains="_run/lease", action="503", times=10_000)
+            threading.Timer(50.0, proxy.rules.clear).start()
+
+    report = start(config(work, input=f"s3://{bucket}/inputs", store=store, region={"tiles": "x"}, window=1),
+                   tileset(EIGHT), processor_options={"delay_s": 12.0}, on_progress=arm)
+    assert report.outcome is not None
+    progress = report.outcome.progress
+    assert (progress.complete, progress.failed) == (len(EIGHT), 0), progress.to_dict()
+    assert proxy.counts["lost"] == 1 and proxy.counts["503"] >= 3, proxy.counts
+    assert time.monotonic() - armed["at"] > 62, "the run ended before a stale-tag renewal could depose it"
+    assert_complete_once(store, EIGHT)

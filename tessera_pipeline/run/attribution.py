@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from tessera_pipeline.run.probe import ProbeResult
+
 #: Failure reasons that mean the actor's process died under the tile (not a preempted node).
 DEATHS = frozenset({"actor-lost", "worker-crashed"})
 #: The reason a tile is failed for good with once it killed its workers `max_attempts` times.
@@ -127,3 +129,37 @@ class OutagePolicy:
         self.pauses += 1
         self.pause_until = now + pause
         return pause
+
+    def judge(self, result: ProbeResult, now: float) -> OutageVerdict | None:
+        """What a new probe result means (None when it was judged already): a good one ends any pause and fails
+        for good the tiles held since before it was asked; a failed one pauses the run, refunds the window and
+        sends the held tiles back to the queue."""
+        if result.asked_at <= self.judged_at:
+            return None
+        self.judged_at = result.asked_at
+        if result.ok:
+            resumed = self.paused
+            self.pauses = 0
+            self.window = [(t, i) for t, i in self.window if t > result.asked_at]
+            final = [i for i, at in self.held.items() if at <= result.asked_at]
+            for index in final:
+                del self.held[index]
+            return OutageVerdict(resumed=resumed, fail=final)
+        self.reason = result.message
+        pause = self.next_pause(now)
+        refund = [i for _t, i in self.window]
+        requeue = list(self.held)
+        self.window.clear()
+        self.held.clear()
+        return OutageVerdict(pause_s=pause, refund=refund, requeue=requeue)
+
+
+@dataclass(frozen=True)
+class OutageVerdict:
+    """What one probe result asks of the scheduler: resume, fail tiles for good, or pause, refund and requeue."""
+
+    resumed: bool = False
+    fail: list[int] = field(default_factory=list)
+    pause_s: float = 0.0
+    refund: list[int] = field(default_factory=list)
+    requeue: list[int] = field(default_factory=list)

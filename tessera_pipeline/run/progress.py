@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,24 @@ class ClassStats:
     pixels: int = 0
     encode_s: float = 0.0
     actors: int = 0
+
+
+def class_throughput(stats: dict[str, ClassStats], live: list[str], inflight: list[str],
+                     elapsed_s: float) -> dict[str, dict[str, Any]]:
+    """Per hardware class: tiles, pixels, actors (`live`: one class per live actor), tiles in flight (`inflight`:
+    one class per tile) and rates over `elapsed_s`, for the panel and the stored snapshot."""
+    actors, flying = Counter(live), Counter(inflight)
+    out = {
+        cls: {"tiles": st.tiles, "pixels": st.pixels, "actors": actors.get(cls, 0), "inflight": flying.get(cls, 0),
+              "px_per_s": round(st.pixels / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+              "tiles_per_h": round(3600 * st.tiles / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+              "encode_s_per_mpx": round(1e6 * st.encode_s / st.pixels, 2) if st.pixels else None}
+        for cls, st in stats.items()
+    }
+    for cls, n in actors.items():
+        out.setdefault(cls, {"tiles": 0, "pixels": 0, "actors": n, "inflight": flying.get(cls, 0), "px_per_s": 0.0,
+                             "tiles_per_h": 0.0, "encode_s_per_mpx": None})
+    return out
 
 
 class RunProgress(ProgressState):

@@ -25,13 +25,15 @@ import numpy as np
 
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.run.config import RunConfig
-from tessera_pipeline.run.attribution import DEATHS, WORKER_KILLED, Attribution, OutagePolicy
-from tessera_pipeline.run.failures import FENCED, PREEMPTED, FailureInfo, classify
+from tessera_pipeline.run.attribution import DEATHS, Attribution, OutagePolicy
+from tessera_pipeline.run.charging import UNCHARGED_RETRY_S, Charging
+from tessera_pipeline.run.failures import FailureInfo, classify
 from tessera_pipeline.run.lease import StoreLease
-from tessera_pipeline.run.messages import TileRequest, TileResult
+from tessera_pipeline.run.messages import TileRequest
 from tessera_pipeline.run.pool import ActorSlot, Pool, is_restarting
 from tessera_pipeline.run.probe import Prober
-from tessera_pipeline.run.progress import ClassStats, Metrics, RecordWriter, RunOutcome, RunProgress
+from tessera_pipeline.run.progress import (ClassStats, Metrics, RecordWriter, RunOutcome, RunProgress,
+                                           class_throughput)
 from tessera_pipeline.run.worker import RESTARTED
 from tessera_pipeline.store.runlog import PlannedTiles
 
@@ -39,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: How long a run may have work but no actor able to take it before it gives up.
 NO_WORKERS_TIMEOUT_S = 600.0
-#: Delay before retrying a tile whose failure was not charged to it (a quarantined actor, an outage).
-UNCHARGED_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class _Inflight:
     submitted: float
 
 
-class Scheduler:
+class Scheduler(Charging):
     """Schedules one run's remaining tiles onto the pool until each is complete or failed for good."""
 
     def __init__(
@@ -172,170 +172,6 @@ class Scheduler:
 
     # --- results -------------------------------------------------------------------------
 
-    def _complete(self, index: int, result: TileResult, slot: ActorSlot, now: float) -> None:
-        key = (int(self.todo.years[index]), self.todo.tiles[index])
-        for guilty in self.evidence.succeeded(index, slot.key):
-            self._quarantine(guilty, now)
-        self.final.add(index)
-        self.avoid.pop(index, None)
-        self._last_failure.pop(index, None)
-        self.outage.held.pop(index, None)
-        stats = self.by_class[result.hw_class]
-        stats.tiles += 1
-        stats.pixels += result.pixels
-        stats.encode_s += result.encode_s
-        self.progress.complete += 1
-        self.progress.pixels_done += result.pixels
-        self.progress.planned_pixels_done += int(self.todo.pixels[index])
-        if result.encode_ended > result.encode_started > 0:
-            self.intervals[result.worker_id].append((result.encode_started, result.encode_ended))
-        self.metrics.completed(result.hw_class, result.pixels)
-        if not result.committed_by_other:
-            self.records.log_commit(*key)
-        if key in self.known_failures:
-            self.records.clear_failure(*key)
-            self.known_failures.discard(key)
-
-    def _quarantine(self, actor: str, now: float) -> None:
-        """An actor on which `quarantine_after` distinct tiles failed that then succeeded elsewhere: kill and
-        replace it, and give back the attempts its failures cost the tiles still open."""
-        slot = self.pool.slots.get(actor)
-        for index, charged in self.evidence.refunds(actor).items():
-            if index not in self.final:
-                self.attempts[index] = max(0, int(self.attempts[index]) - charged)
-        if slot is None or slot.state == "dead":
-            return
-        self.pool.quarantine(slot, f"{self.config.quarantine_after} tiles that failed on it succeeded on other "
-                                   f"actors; last error there: {slot.last_error or '?'}")
-
-    def _requeue(self, index: int, delay: float, now: float) -> None:
-        heapq.heappush(self.retry_heap, (now + delay, index))
-
-    def _uncharged(self, index: int, info: FailureInfo, delay: float, now: float) -> None:
-        self.retries_by_reason[info.reason] += 1
-        self.metrics.failure(info.reason, final=False)
-        self._requeue(index, delay, now)
-
-    def _fail(self, index: int, info: FailureInfo, slot: ActorSlot, now: float) -> None:
-        year, tile = int(self.todo.years[index]), self.todo.tiles[index]
-        if index in self.final:
-            return
-        if info.reason == PREEMPTED:
-            log.info("tile %s/%s: lost with its preempted node; retrying elsewhere, not charged", year, tile)
-            self._uncharged(index, info, UNCHARGED_RETRY_S, now)
-            return
-        if info.reason == FENCED:
-            log.warning("tile %s/%s: commit refused by the store's lease: %s", year, tile, info.message)
-            if self.lease is not None:
-                self.lease.deposed_by_store(info.message)
-            self._uncharged(index, info, UNCHARGED_RETRY_S, now)
-            return
-        if info.kind == "transient" and self.outage.paused:
-            self._uncharged(index, info, max(UNCHARGED_RETRY_S, self.outage.pause_until - now), now)
-            return
-        slot.last_error = f"{info.reason}: {info.message}"
-        self.attempts[index] += 1
-        attempts = int(self.attempts[index])
-        if info.kind == "transient":
-            self.avoid[index].add(slot.key)
-            self.evidence.failed(index, slot.key)
-            self.outage.charged(index, now)
-            if self.prober is not None:
-                self.prober.request()
-            if attempts < self.retry.max_attempts:
-                self.retries_by_reason[info.reason] += 1
-                self.metrics.failure(info.reason, final=False)
-                delay = self.retry.delay(attempts)
-                log.info("tile %s/%s: %s (attempt %d of %d), retrying in %.1f s: %s", year, tile, info.reason,
-                         attempts, self.retry.max_attempts, delay, info.message)
-                self._requeue(index, delay, now)
-                return
-            if self.prober is not None:
-                self._last_failure[index] = (info, slot.policy.hw_class)
-                self.outage.held[index] = now
-                return
-        self._fail_for_good(index, info, slot.policy.hw_class)
-
-    def _fail_for_good(self, index: int, info: FailureInfo, hw_class: str) -> None:
-        year, tile = int(self.todo.years[index]), self.todo.tiles[index]
-        attempts = int(self.attempts[index])
-        kind = "permanent" if info.kind == "permanent" else "exhausted"
-        log.warning("tile %s/%s failed for good after %d attempt(s): %s: %s", year, tile, attempts, info.reason,
-                    info.message)
-        self.final.add(index)
-        self.evidence.forget(index)
-        self.avoid.pop(index, None)
-        self.records.record_failure(year, tile, {
-            "reason": info.reason, "kind": kind, "message": info.message, "attempts": attempts,
-            "hw_class": hw_class, "run_id": self.run_id,
-        })
-        self.known_failures.add((year, tile))
-        self.failed_by_reason[info.reason] += 1
-        self.progress.failed += 1
-        self.metrics.failure(info.reason, final=True)
-
-    def _judge(self, now: float) -> None:
-        """Act on the latest probe: a good one fails the held tiles for good and resumes a paused run; a failed
-        one pauses the run and refunds every attempt charged since the last good probe."""
-        if self.prober is None:
-            return
-        result = self.prober.latest
-        if self.outage.paused and now >= self.outage.pause_until and not self.prober.running and \
-                (result is None or result.asked_at < self.outage.pause_until):
-            self.prober.request()
-        if result is None or result.asked_at <= self.outage.judged_at:
-            return
-        self.outage.judged_at = result.asked_at
-        if result.ok:
-            if self.outage.paused:
-                log.warning("the store and inputs answer again: the run goes on")
-            self.outage.pauses = 0
-            self.outage.window = [(t, i) for t, i in self.outage.window if t > result.asked_at]
-            for index, at in list(self.outage.held.items()):
-                if at <= result.asked_at:
-                    del self.outage.held[index]
-                    info, hw_class = self._last_failure.pop(index)
-                    self._fail_for_good(index, info, hw_class)
-            return
-        self.outage.reason = result.message
-        pause = self.outage.next_pause(now)
-        log.warning("the store or inputs do not answer the driver's probe (%s): pausing the run for %.0f s; the "
-                    "%d attempt(s) charged meanwhile are refunded", result.message, pause, len(self.outage.window))
-        for _at, index in self.outage.window:
-            if index not in self.final and self.attempts[index] > 0:
-                self.attempts[index] -= 1
-                self.evidence.refund_all(index)
-        self.outage.window.clear()
-        for index in list(self.outage.held):
-            del self.outage.held[index]
-            self._last_failure.pop(index, None)
-            self._requeue(index, pause, now)
-
-    def _died(self, item: _Inflight, ref: Any, info: FailureInfo, now: float) -> None:
-        """The actor's process died with this tile in flight: suspect it (run it alone from now on); charge it
-        only once it has killed two distinct worker processes, the last one alone."""
-        slot = item.slot
-        group = self.deaths.get(slot.key)
-        if group is None or ref not in group:
-            group = {ref, *slot.inflight}
-            self.deaths[slot.key] = group
-            slot.deaths += 1
-        alone = len(group) == 1
-        kills = self.evidence.died(item.index, f"{slot.key}/{slot.deaths}", alone=alone)
-        if not kills:
-            log.info("tile %s: its worker %s died (%s); retrying it alone, not charged", self.todo.tiles[item.index],
-                     slot.key, info.message)
-            self._uncharged(item.index, info, UNCHARGED_RETRY_S, now)
-            return
-        self.attempts[item.index] = max(int(self.attempts[item.index]), kills)
-        killed = FailureInfo("transient", WORKER_KILLED, f"{kills} worker processes died running it (the last alone): "
-                                                         f"{info.message}")
-        if kills < self.retry.max_attempts:
-            self.retries_by_reason[WORKER_KILLED] += 1
-            self._requeue(item.index, self.retry.delay(kills), now)
-            return
-        self._fail_for_good(item.index, killed, slot.policy.hw_class)
-
     def _collect(self, ref: Any, now: float) -> None:
         item = self.inflight.pop(ref)
         slot = item.slot
@@ -411,19 +247,8 @@ class Scheduler:
             if s.state == "ready":
                 threads[s.policy.hw_class].append(s.threads)
         p.threads_by_class = {c: sorted(v) for c, v in threads.items()}
-        actors_by_class = Counter(s.policy.hw_class for s in live)
-        inflight_by_class = Counter(item.slot.policy.hw_class for item in self.inflight.values())
-        p.by_class = {
-            cls: {"tiles": st.tiles, "pixels": st.pixels, "actors": actors_by_class.get(cls, 0),
-                  "inflight": inflight_by_class.get(cls, 0),
-                  "px_per_s": round(st.pixels / p.elapsed_s, 2) if p.elapsed_s > 0 else 0.0,
-                  "tiles_per_h": round(3600 * st.tiles / p.elapsed_s, 2) if p.elapsed_s > 0 else 0.0,
-                  "encode_s_per_mpx": round(1e6 * st.encode_s / st.pixels, 2) if st.pixels else None}
-            for cls, st in self.by_class.items()
-        }
-        for cls, n in actors_by_class.items():
-            p.by_class.setdefault(cls, {"tiles": 0, "pixels": 0, "actors": n, "inflight": inflight_by_class.get(cls, 0),
-                                        "px_per_s": 0.0, "tiles_per_h": 0.0, "encode_s_per_mpx": None})
+        p.by_class = class_throughput(self.by_class, [s.policy.hw_class for s in live],
+                                      [item.slot.policy.hw_class for item in self.inflight.values()], p.elapsed_s)
         return p
 
     def _publish(self, now: float, *, store: bool) -> None:
