@@ -86,7 +86,7 @@ def test_a_dead_driver_on_this_host_is_taken_over_at_once(tmp_path: Path, holder
     proc = holder(url, ttl_s=60)
     proc.kill()
     proc.wait()
-    with pytest.raises(LeaseHeldError, match=f"pid {proc.pid}.*gone.*resume --store .* --takeover"):
+    with pytest.raises(LeaseHeldError, match=f"pid {proc.pid}.*gone from this host.*pass --takeover.*resume --store"):
         StoreLease(open_backend(url), "next", ttl_s=60).acquire()
     lease = StoreLease(open_backend(url), "next", ttl_s=60, takeover=True)
     lease.acquire()

@@ -100,8 +100,9 @@ class StoreLease:
             gone = pid_is_gone(current)
             if current.live() and not (gone and self.takeover):
                 if gone:
-                    raise LeaseHeldError(f"{url} is held by {current.describe()}, but that process is gone from "
-                                         f"this host: the driver is dead; take the store over with {self._resume_hint()}")
+                    raise LeaseHeldError(f"{url} is in use by {current.describe()}, but that process is gone from this "
+                                         f"host, so its driver is dead: pass --takeover to take the store over now "
+                                         f"({self._resume_hint()})")
                 raise LeaseHeldError(
                     f"{url} is in use by {current.describe()}: one driver per store. The lease lapses in "
                     f"{current.expires_in_s():.0f} s unless that driver renews it: if it is dead, run "
@@ -109,7 +110,7 @@ class StoreLease:
                     f"(`tessera-pipeline status --store {url}` shows it)")
             if not self.takeover:
                 raise LeaseHeldError(f"{url} was in use by {current.describe()}; its lease has lapsed, so that "
-                                     f"driver is probably dead: take the store over with {self._resume_hint()}")
+                                     f"driver is probably dead: pass --takeover ({self._resume_hint()})")
             replaced = current.record
         self.generation = (current.record.generation if current is not None else 0) + 1
         data = self._doc()

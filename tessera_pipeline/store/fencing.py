@@ -65,7 +65,7 @@ class StoredLease:
     def describe(self) -> str:
         """One phrase for messages: run, host, pid and last renewal."""
         r = self.record
-        return (f"run {r.run_id} (driver on {r.host}, pid {r.pid}, last renewed {self.age_s:.0f} s ago, "
+        return (f"run {r.run_id} (driver on {r.host}, pid {r.pid}, last beat {self.age_s:.0f} s ago, "
                 f"lease of {r.ttl_s:.0f} s)")
 
 
