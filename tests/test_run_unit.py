@@ -24,7 +24,7 @@ from tessera_pipeline.errors import (
 )
 from tessera_pipeline.run.config import build_config
 from tessera_pipeline.run.failures import classify
-from tessera_pipeline.run.pool import actor_memory, plan_node
+from tessera_pipeline.run.placement import actor_memory, plan_node
 from tessera_pipeline.run.policy import builtin_policy, class_policy, declared_class
 from tessera_pipeline.run.messages import WorkerSpec
 from tessera_pipeline.run.completion import plan_mask
@@ -216,7 +216,7 @@ class _FakePool:
 def test_a_due_retry_avoided_by_the_first_actor_goes_to_the_next_idle_one(tmp_path: Path) -> None:
     """The end-of-run stall: the first actor must not take the retry (it timed out on it) and has nothing
     else; the loop must go on to the other idle actor instead of returning for all of them."""
-    from tessera_pipeline.run.pool import ActorSlot
+    from tessera_pipeline.run.actors import ActorSlot
     from tessera_pipeline.run.progress import RecordWriter
     from tessera_pipeline.run.scheduler import Scheduler
 
@@ -245,7 +245,7 @@ def test_tiles_lost_to_spot_preemption_are_retried_uncharged_without_quarantine_
     from ray.exceptions import ActorDiedError
 
     from tessera_pipeline.run.failures import classify
-    from tessera_pipeline.run.pool import ActorSlot
+    from tessera_pipeline.run.actors import ActorSlot
     from tessera_pipeline.run.progress import RecordWriter
     from tessera_pipeline.run.scheduler import Scheduler
 

@@ -31,10 +31,12 @@ def measure_pool_refresh(nodes: int = 1000, deaths: int = 20_000, repeats: int =
     then time `refresh(force=True)`."""
     import ray
 
+    from tessera_pipeline.run.actors import ActorSlot
     from tessera_pipeline.run.config import build_config
     from tessera_pipeline.run.messages import WorkerSpec
+    from tessera_pipeline.run.placement import NodePlan
     from tessera_pipeline.run.policy import class_policy
-    from tessera_pipeline.run.pool import ActorSlot, NodePlan, Pool
+    from tessera_pipeline.run.pool import Pool
 
     config = build_config({"input": "in", "store": "s", "checkpoint": "c.pt", "year": 2024})
     base = WorkerSpec("cpu-x86_64", "", "fp32", 256, "cpu", (), 8, "s", "in", "c.pt", "0" * 64)

@@ -358,7 +358,7 @@ class _InstantActors:
     """A pool of simulated actor slots that answer every tile at once (the scheduler's own cost is timed)."""
 
     def __init__(self, slots: int, policy: Any, spec: Any) -> None:
-        from tessera_pipeline.run.pool import ActorSlot
+        from tessera_pipeline.run.actors import ActorSlot
 
         self.answers: dict[int, Any] = {}
         self.next_ref = 0

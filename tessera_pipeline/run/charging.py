@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from tessera_pipeline.run.actors import ActorSlot
 from tessera_pipeline.run.attribution import WORKER_KILLED, Attribution, OutagePolicy
 from tessera_pipeline.run.config import RunConfig
 from tessera_pipeline.run.failures import FENCED, PREEMPTED, FailureInfo
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import TileResult
-from tessera_pipeline.run.pool import ActorSlot, Pool
+from tessera_pipeline.run.pool import Pool
 from tessera_pipeline.run.probe import Prober
 from tessera_pipeline.run.progress import ClassStats, Metrics, RecordWriter, RunProgress
 from tessera_pipeline.store.runlog import PlannedTiles

@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tessera_pipeline.errors import ConfigError, format_validation_error
 from tessera_pipeline.precision import Precision as PrecisionName

@@ -24,7 +24,13 @@ from datetime import datetime, timezone
 
 from tessera_pipeline.errors import RunError
 from tessera_pipeline.store.backend import Backend
-from tessera_pipeline.store.fencing import LEASE_KEY, Fence, LeaseRecord, StoredLease, read_lease
+from tessera_pipeline.store.fencing import (
+    LEASE_KEY,
+    Fence,
+    LeaseRecord,
+    StoredLease,
+    read_lease,
+)
 
 log = logging.getLogger(__name__)
 

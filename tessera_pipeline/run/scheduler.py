@@ -24,16 +24,23 @@ from typing import Any
 import numpy as np
 
 from tessera_pipeline.errors import RunError
-from tessera_pipeline.run.config import RunConfig
+from tessera_pipeline.run.actors import ActorSlot, is_restarting
 from tessera_pipeline.run.attribution import DEATHS, Attribution, OutagePolicy
 from tessera_pipeline.run.charging import UNCHARGED_RETRY_S, Charging
+from tessera_pipeline.run.config import RunConfig
 from tessera_pipeline.run.failures import FailureInfo, classify
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import TileRequest
-from tessera_pipeline.run.pool import ActorSlot, Pool, is_restarting
+from tessera_pipeline.run.pool import Pool
 from tessera_pipeline.run.probe import Prober
-from tessera_pipeline.run.progress import (ClassStats, Metrics, RecordWriter, RunOutcome, RunProgress,
-                                           class_throughput)
+from tessera_pipeline.run.progress import (
+    ClassStats,
+    Metrics,
+    RecordWriter,
+    RunOutcome,
+    RunProgress,
+    class_throughput,
+)
 from tessera_pipeline.run.worker import RESTARTED
 from tessera_pipeline.store.runlog import PlannedTiles
 

@@ -18,20 +18,27 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tessera_pipeline.errors import CheckpointError, InputError, RunError, StoreConflictError, StoreError
+from tessera_pipeline.errors import (
+    CheckpointError,
+    InputError,
+    RunError,
+    StoreConflictError,
+    StoreError,
+)
 from tessera_pipeline.grid import TileSet
 from tessera_pipeline.run.completion import done_mask, failures_in_plan, plan_mask
 from tessera_pipeline.run.config import IGNORED_RECORD_KEYS, RunConfig, build_config
 from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import WorkerSpec
-from tessera_pipeline.run.pool import Pool, actor_memory
+from tessera_pipeline.run.placement import actor_memory
+from tessera_pipeline.run.pool import Pool
 from tessera_pipeline.run.probe import Prober, probe_locations
 from tessera_pipeline.run.progress import RecordWriter, RunOutcome, RunProgress
 from tessera_pipeline.run.scheduler import Scheduler
 from tessera_pipeline.run.workplan import WorkSplit, plan_tiles, split_plan
 from tessera_pipeline.store import TileStore
-from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog, new_run_id
 from tessera_pipeline.store.records import own
+from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog, new_run_id
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from tessera_pipeline.run.lease import read_lease
 from tessera_pipeline.store import TileStore
 from tessera_pipeline.store.runlog import FailedTile, PlannedTiles, RunLog
 
-
 #: Failure records read to count reasons by default: a global run's status must not GET thousands.
 REASONS_FROM = 1000
 #: Failure reasons a map tells apart (the most common); the rest are drawn as one.

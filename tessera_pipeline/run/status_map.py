@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from tessera_pipeline.figures import pyplot
-from tessera_pipeline.grid import CELLS_PER_DEGREE, N_LAT, N_LON, index_from_point, name_from_index
+from tessera_pipeline.grid import (
+    CELLS_PER_DEGREE,
+    N_LAT,
+    N_LON,
+    index_from_point,
+    name_from_index,
+)
 from tessera_pipeline.run.status import RunStatus
 
 log = logging.getLogger(__name__)
