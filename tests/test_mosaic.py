@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from read_support import SOUTH, YEAR, points, south_landmask, south_points, write_block, write_south
+from read_support import (SOUTH, YEAR, edge_points, points, south_landmask, south_points, write_block,
+                          write_south)
 from tessera_pipeline.publish.mosaic_run import STATE_SUFFIX, run_mosaic
 from tessera_pipeline.read import open_reader
 
@@ -73,6 +74,31 @@ def test_geotessera_probe_agrees_with_ours(built: tuple[Path, Path]) -> None:
     for status in AS_GEOTESSERA:
         for i in np.flatnonzero(ours.status == status)[:15]:
             assert reader.probe(pts[i, 0], pts[i, 1], YEAR, search_px=0)[1] == AS_GEOTESSERA[status], (status, pts[i])
+
+
+def test_points_on_pixel_edges_read_what_geotessera_reads(built: tuple[Path, Path]) -> None:
+    """A point exactly on a 10 m pixel edge: geotessera breaks the tie west / north, and so does our reader."""
+    store, zones = built
+    pts = edge_points(1500)
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(pts, YEAR)
+    theirs = geotessera_store.GeoTesseraZarr(str(zones)).sample_points([tuple(p) for p in pts], YEAR, search_px=0)
+    np.testing.assert_array_equal(theirs, ours.embeddings)
+    assert (ours.status == "valid").sum() > 500
+
+
+def test_a_point_at_sea_reads_water_where_its_shard_was_written_and_nodata_where_none_was(
+        built: tuple[Path, Path]) -> None:
+    """Sea inside a zone grid: our reader says `water` (the land mask). geotessera reads the zone store's scale:
+    NaN (`water`) in a shard a tile touches, the +inf fill (`nodata`) in a shard no tile touches, which is never
+    written, as geotessera's own writer leaves it (docs/reading.md says so)."""
+    store, zones = built
+    in_written = [(17.5, 79.3), (17.85, 79.45), (-70.65, -33.6)]  # sea beside the tiles, in their shards
+    unwritten = [(15.0, 75.0), (13.0, 70.0), (-70.0, -35.0)]  # open sea, far from any tile, inside the zone grids
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(in_written + unwritten, YEAR)
+    assert list(ours.status) == ["water"] * 6
+    reader = geotessera_store.GeoTesseraZarr(str(zones))
+    assert [reader.probe(lon, lat, YEAR, search_px=0)[1] for lon, lat in in_written] == ["water"] * 3
+    assert [reader.probe(lon, lat, YEAR, search_px=0)[1] for lon, lat in unwritten] == ["nodata"] * 3
 
 
 def test_a_reprocess_rewrites_only_its_shards_and_a_killed_build_resumes_to_the_same_bytes(

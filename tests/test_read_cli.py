@@ -60,6 +60,22 @@ def test_sample_writes_the_points_with_their_embeddings_and_statuses(two: TileSt
     assert refused.returncode != 0 and "lon and lat columns" in refused.stderr
 
 
+def test_sample_of_a_year_the_release_does_not_hold_is_an_error(two: TileStore, tmp_path: Path) -> None:
+    """Not `pending` for every point: one line naming the year and the release."""
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    write_release(two, "year-check", build_manifest(two, YEAR), settle_s=0)
+    pts_file = tmp_path / "points.csv"
+    pts_file.write_text("lon,lat\n17.8,79.65\n")
+    done = _cli("sample", "--store", two.url, "--points", str(pts_file), "--year", str(YEAR - 1), "--out",
+                str(tmp_path / "out.parquet"), "--release", "year-check")
+    assert done.returncode == 2 and done.stderr.startswith("error:"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(YEAR - 1) in done.stderr and "year-check" in done.stderr and str(YEAR) in done.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_export_mosaic_is_one_georeferenced_geotiff_of_the_region(two: TileStore, tmp_path: Path) -> None:
     import rasterio
 
