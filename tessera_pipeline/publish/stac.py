@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tessera_pipeline.errors import PublishError
+from tessera_pipeline.publish.stac_license import license_fields
 from tessera_pipeline.store.records import PREFIX, modernised, own
 
 if TYPE_CHECKING:
@@ -131,10 +132,12 @@ def _emb_fields(dims: int) -> dict[str, Any]:
 
 
 def build_collection(release: pa.Table, *, collection_id: str, store_url: str, root: Mapping[str, Any],
-                     release_name: str, license: str = "other", zones: bool = False) -> dict[str, Any]:
-    """The Collection: extent of the release's tiles and years, model links, summaries and the items' files."""
+                     release_name: str, license: str, license_url: str | None = None,
+                     zones: bool = False) -> dict[str, Any]:
+    """The Collection: extent of the release's tiles and years, license, model links, summaries and the items' files."""
     import pyarrow.compute as pc
 
+    license, license_link = license_fields(license, license_url)
     if release.num_rows == 0:
         raise PublishError(f"release {release_name} names no tile: nothing to publish")
     model = model_of(root)
@@ -178,7 +181,7 @@ def build_collection(release: pa.Table, *, collection_id: str, store_url: str, r
         "keywords": ["embeddings", "tessera", "sentinel-2", "sentinel-1"],
         "extent": {"spatial": {"bbox": [extent_box]}, "temporal": {"interval": [[start, end]]}},
         "summaries": summaries,
-        "links": _links(root, model),
+        "links": [license_link, *_links(root, model)],
         "assets": assets,
         **_emb_fields(dims[0]),
         f"{OWN}release": release_name,
@@ -399,7 +402,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
 
 
 def publish(release: pa.Table, out: Path, *, store_url: str, root: Mapping[str, Any], release_name: str,
-            collection_id: str, license: str = "other", href_base: str | None = None,
+            collection_id: str, license: str, license_url: str | None = None, href_base: str | None = None,
             zones: list[ZoneMosaic] | None = None) -> dict[str, Any]:
     """Write `collection.json`, `items.parquet` (one item per tile) and, given zones, `zones.parquet` into `out`.
 
@@ -408,7 +411,8 @@ def publish(release: pa.Table, out: Path, *, store_url: str, root: Mapping[str, 
     """
     base = href_base or store_url
     collection = build_collection(release, collection_id=collection_id, store_url=base, root=root,
-                                  release_name=release_name, license=license, zones=zones is not None)
+                                  release_name=release_name, license=license, license_url=license_url,
+                                  zones=zones is not None)
     n_tiles = write_items(tile_items(release, collection_id=collection_id, store_url=base), out / ITEMS_FILE,
                           collection=collection)
     n_zones = None
