@@ -153,6 +153,49 @@ def test_mosaic_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "z.zarr").exists()
 
 
+def test_a_damaged_tile_left_out_of_a_mosaic_is_listed_and_fails_it(tmp_path: Path) -> None:
+    """A tile whose scales fail their checksum, and one whose embeddings object is garbage: `mosaic --release` (and
+    without a release) builds the rest, lists them (`left_out` in --json) and exits 1; no traceback on stderr."""
+    import json
+
+    from tessera_pipeline.bench.store_bench import MODEL_ATTRS
+    from tessera_pipeline.grid import tile_geometry
+    from tessera_pipeline.read.lattice import unproject
+    from tessera_pipeline.store import TileStore
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    good, damaged, garbled = "grid_15.05_40.05", "grid_15.15_40.05", "grid_15.25_40.05"
+    store = TileStore(str(tmp_path / "store.zarr"))
+    store.create(MODEL_ATTRS)
+    for i, tile in enumerate((good, damaged, garbled)):
+        g = tile_geometry(tile)
+        store.write_tile(YEAR, tile, np.full((16, 16, 128), 127 - i, np.int8), np.full((16, 16), 0.01 * (i + 1), np.float32),
+                         epsg=g.epsg, transform=g.transform, provenance={})
+    write_release(store, "r1", build_manifest(store, YEAR), settle_s=0)
+    objects = {t: next((tmp_path / "store.zarr" / str(YEAR) / t).glob("v*/scales/c/0/0")) for t in (good, damaged)}
+    objects[damaged].write_bytes(objects[good].read_bytes())  # a readable object holding other values
+    next((tmp_path / "store.zarr" / str(YEAR) / garbled).glob("v*/embeddings/c/0/0/0")).write_bytes(os.urandom(5000))
+    (tmp_path / "land.csv").write_text(f"tile\n{good}\n{damaged}\n{garbled}\n")
+    args = [sys.executable, "-m", "tessera_pipeline.cli", "mosaic", "--store", str(tmp_path / "store.zarr"), "--year",
+            str(YEAR), "--out", str(tmp_path / "zones.zarr"), "--landmask", str(tmp_path / "land.csv"),
+            "--local-cpus", "1"]
+    released = subprocess.run([*args, "--release", "r1", "--json"], capture_output=True, text=True, timeout=600)
+    assert released.returncode == 1, released.stderr
+    assert "Traceback" not in released.stderr and all(len(line) < 400 for line in released.stderr.splitlines())
+    left = json.loads(released.stdout)["left_out"]
+    assert [x["tile"] for x in left] == [damaged, garbled], left
+    assert "sha256" in left[0]["cause"] and "embeddings" in left[1]["cause"], left
+    assert damaged in released.stderr and garbled in released.stderr
+    theirs = geotessera_store.GeoTesseraZarr(str(tmp_path / "zones.zarr"))
+    for tile, status in ((good, "valid"), (damaged, "nodata"), (garbled, "nodata")):
+        g = tile_geometry(tile)
+        lon, lat = unproject(np.array([g.transform[2] + 85.0]), np.array([g.transform[5] - 85.0]), 33)  # pixel (8, 8)
+        assert theirs.probe(float(lon[0]), float(lat[0]), YEAR, search_px=0)[1] == status, tile
+    current = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert current.returncode == 1 and damaged in current.stderr and "left out" in current.stderr, current.stderr
+
+
 def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Path, Path], tmp_path: Path) -> None:
     """A zone grid is laid over its land mask's tiles once; a later tile outside it is an error naming the tile,
     never a shard written at a wrong place."""
