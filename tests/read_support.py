@@ -141,3 +141,20 @@ def south_points(n: int, seed: int = 4) -> np.ndarray:
     """N points over the southern tile's cell and a margin of water."""
     rng = np.random.default_rng(seed)
     return np.stack([rng.uniform(-70.72, -70.58, n), rng.uniform(-33.52, -33.38, n)], axis=1)
+
+
+def edge_points(n: int, seed: int = 7, zone: int = 33) -> np.ndarray:
+    """Points over the block whose projection lies exactly on a 10 m pixel edge (x, y or both): the ties a point
+    reader must break as geotessera does. Drawn at random, snapped to an edge, kept where they project back exactly."""
+    from tessera_pipeline.read import lattice
+
+    rng = np.random.default_rng(seed)
+    west, south, east, north = BOX
+    x, y = lattice.project(rng.uniform(west, east, 3 * n), rng.uniform(south, north, 3 * n), zone)
+    which = rng.integers(0, 3, 3 * n)
+    x = np.where(which != 1, np.round(x / 10) * 10, x)
+    y = np.where(which != 0, np.round(y / 10) * 10, y)
+    lon, lat = lattice.unproject(x, y, zone)
+    x2, y2 = lattice.project(lon, lat, zone)
+    exact = (x2 == x) & (y2 == y)
+    return np.stack([lon[exact], lat[exact]], axis=1)[:n]

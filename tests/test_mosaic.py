@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from read_support import SOUTH, YEAR, points, south_landmask, south_points, write_block, write_south
+from read_support import (SOUTH, YEAR, edge_points, points, south_landmask, south_points, write_block,
+                          write_south)
 from tessera_pipeline.publish.mosaic_run import STATE_SUFFIX, run_mosaic
 from tessera_pipeline.read import open_reader
 
@@ -75,6 +76,31 @@ def test_geotessera_probe_agrees_with_ours(built: tuple[Path, Path]) -> None:
             assert reader.probe(pts[i, 0], pts[i, 1], YEAR, search_px=0)[1] == AS_GEOTESSERA[status], (status, pts[i])
 
 
+def test_points_on_pixel_edges_read_what_geotessera_reads(built: tuple[Path, Path]) -> None:
+    """A point exactly on a 10 m pixel edge: geotessera breaks the tie west / north, and so does our reader."""
+    store, zones = built
+    pts = edge_points(1500)
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(pts, YEAR)
+    theirs = geotessera_store.GeoTesseraZarr(str(zones)).sample_points([tuple(p) for p in pts], YEAR, search_px=0)
+    np.testing.assert_array_equal(theirs, ours.embeddings)
+    assert (ours.status == "valid").sum() > 500
+
+
+def test_a_point_at_sea_reads_water_where_its_shard_was_written_and_nodata_where_none_was(
+        built: tuple[Path, Path]) -> None:
+    """Sea inside a zone grid: our reader says `water` (the land mask). geotessera reads the zone store's scale:
+    NaN (`water`) in a shard a tile touches, the +inf fill (`nodata`) in a shard no tile touches, which is never
+    written, as geotessera's own writer leaves it (docs/reading.md says so)."""
+    store, zones = built
+    in_written = [(17.5, 79.3), (17.85, 79.45), (-70.65, -33.6)]  # sea beside the tiles, in their shards
+    unwritten = [(15.0, 75.0), (13.0, 70.0), (-70.0, -35.0)]  # open sea, far from any tile, inside the zone grids
+    ours = open_reader(str(store), landmask=south_landmask()).sample_points(in_written + unwritten, YEAR)
+    assert list(ours.status) == ["water"] * 6
+    reader = geotessera_store.GeoTesseraZarr(str(zones))
+    assert [reader.probe(lon, lat, YEAR, search_px=0)[1] for lon, lat in in_written] == ["water"] * 3
+    assert [reader.probe(lon, lat, YEAR, search_px=0)[1] for lon, lat in unwritten] == ["nodata"] * 3
+
+
 def test_a_reprocess_rewrites_only_its_shards_and_a_killed_build_resumes_to_the_same_bytes(
         built: tuple[Path, Path], tmp_path: Path) -> None:
     """The southern tile reprocessed: `mosaic` again rewrites only its zone's shard. Then a build from scratch of
@@ -125,6 +151,49 @@ def test_mosaic_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert missing.returncode != 0 and missing.stderr.startswith("error:") and "no store at" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "z.zarr").exists()
+
+
+def test_a_damaged_tile_left_out_of_a_mosaic_is_listed_and_fails_it(tmp_path: Path) -> None:
+    """A tile whose scales fail their checksum, and one whose embeddings object is garbage: `mosaic --release` (and
+    without a release) builds the rest, lists them (`left_out` in --json) and exits 1; no traceback on stderr."""
+    import json
+
+    from tessera_pipeline.bench.store_bench import MODEL_ATTRS
+    from tessera_pipeline.grid import tile_geometry
+    from tessera_pipeline.read.lattice import unproject
+    from tessera_pipeline.store import TileStore
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    good, damaged, garbled = "grid_15.05_40.05", "grid_15.15_40.05", "grid_15.25_40.05"
+    store = TileStore(str(tmp_path / "store.zarr"))
+    store.create(MODEL_ATTRS)
+    for i, tile in enumerate((good, damaged, garbled)):
+        g = tile_geometry(tile)
+        store.write_tile(YEAR, tile, np.full((16, 16, 128), 127 - i, np.int8), np.full((16, 16), 0.01 * (i + 1), np.float32),
+                         epsg=g.epsg, transform=g.transform, provenance={})
+    write_release(store, "r1", build_manifest(store, YEAR), settle_s=0)
+    objects = {t: next((tmp_path / "store.zarr" / str(YEAR) / t).glob("v*/scales/c/0/0")) for t in (good, damaged)}
+    objects[damaged].write_bytes(objects[good].read_bytes())  # a readable object holding other values
+    next((tmp_path / "store.zarr" / str(YEAR) / garbled).glob("v*/embeddings/c/0/0/0")).write_bytes(os.urandom(5000))
+    (tmp_path / "land.csv").write_text(f"tile\n{good}\n{damaged}\n{garbled}\n")
+    args = [sys.executable, "-m", "tessera_pipeline.cli", "mosaic", "--store", str(tmp_path / "store.zarr"), "--year",
+            str(YEAR), "--out", str(tmp_path / "zones.zarr"), "--landmask", str(tmp_path / "land.csv"),
+            "--local-cpus", "1"]
+    released = subprocess.run([*args, "--release", "r1", "--json"], capture_output=True, text=True, timeout=600)
+    assert released.returncode == 1, released.stderr
+    assert "Traceback" not in released.stderr and all(len(line) < 400 for line in released.stderr.splitlines())
+    left = json.loads(released.stdout)["left_out"]
+    assert [x["tile"] for x in left] == [damaged, garbled], left
+    assert "sha256" in left[0]["cause"] and "embeddings" in left[1]["cause"], left
+    assert damaged in released.stderr and garbled in released.stderr
+    theirs = geotessera_store.GeoTesseraZarr(str(tmp_path / "zones.zarr"))
+    for tile, status in ((good, "valid"), (damaged, "nodata"), (garbled, "nodata")):
+        g = tile_geometry(tile)
+        lon, lat = unproject(np.array([g.transform[2] + 85.0]), np.array([g.transform[5] - 85.0]), 33)  # pixel (8, 8)
+        assert theirs.probe(float(lon[0]), float(lat[0]), YEAR, search_px=0)[1] == status, tile
+    current = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert current.returncode == 1 and damaged in current.stderr and "left out" in current.stderr, current.stderr
 
 
 def test_a_tile_outside_an_existing_zone_grid_is_refused_by_name(built: tuple[Path, Path], tmp_path: Path) -> None:

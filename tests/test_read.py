@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from read_support import (BLOCK, BOX, COMMITTED, PENDING_TILE, YEAR, brute_force, landmask, points, write_block)
+from read_support import (BLOCK, BOX, COMMITTED, PENDING_TILE, YEAR, brute_force, edge_points, landmask, points,
+                          write_block)
 from tessera_pipeline.errors import StoreIntegrityError
 from tessera_pipeline.grid import tile_geometry
 from tessera_pipeline.read import open_reader
@@ -41,6 +42,25 @@ def test_points_equal_a_brute_force_lookup_of_the_tiles(block: TileStore, truth:
     assert read_elsewhere.sum() > 200, "points read from a neighbour's overlapping raster"
     counts = got.counts()
     assert min(counts["water"], counts["pending"], counts["no-observations"]) > 50, counts
+
+
+def test_a_point_on_a_pixel_edge_reads_the_pixel_geotessera_reads() -> None:
+    """geotessera 0.11.0 reads the pixel whose centre is nearest, a tie going west and north: so does ours."""
+    from tessera_pipeline.read import lattice
+
+    geotessera_store = pytest.importorskip("geotessera.store", reason="geotessera 0.11.0 (make install)")
+    pts = edge_points(2000)
+    x, y = lattice.project(pts[:, 0], pts[:, 1], 33)
+    rows, cols = lattice.pixel_of(x, y)
+    row0, col0 = int(rows.min()) - 2, int(cols.min()) - 2
+    xs = (np.arange(col0, int(cols.max()) + 3) + 0.5) * 10.0  # a zone axis of pixel centres, as geotessera's x
+    ys = -(np.arange(row0, int(rows.max()) + 3) + 0.5) * 10.0  # north first, as geotessera's y
+    np.testing.assert_array_equal(cols, geotessera_store._nearest_indices(xs, x) + col0)
+    np.testing.assert_array_equal(rows, geotessera_store._nearest_indices(ys, y) + row0)
+    on_x, on_y = x % 10 == 0, y % 10 == 0
+    assert on_x.sum() > 500 and on_y.sum() > 500
+    np.testing.assert_array_equal(cols[on_x], x[on_x] // 10 - 1)  # west of an edge
+    np.testing.assert_array_equal(rows[on_y], -y[on_y] // 10 - 1)  # north of an edge
 
 
 def test_statuses_tell_water_no_data_pending_and_outside_apart(block: TileStore, truth: tuple) -> None:

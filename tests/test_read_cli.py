@@ -60,6 +60,22 @@ def test_sample_writes_the_points_with_their_embeddings_and_statuses(two: TileSt
     assert refused.returncode != 0 and "lon and lat columns" in refused.stderr
 
 
+def test_sample_of_a_year_the_release_does_not_hold_is_an_error(two: TileStore, tmp_path: Path) -> None:
+    """Not `pending` for every point: one line naming the year and the release."""
+    from tessera_pipeline.store.manifest import build_manifest
+    from tessera_pipeline.store.releases import write_release
+
+    write_release(two, "year-check", build_manifest(two, YEAR), settle_s=0)
+    pts_file = tmp_path / "points.csv"
+    pts_file.write_text("lon,lat\n17.8,79.65\n")
+    done = _cli("sample", "--store", two.url, "--points", str(pts_file), "--year", str(YEAR - 1), "--out",
+                str(tmp_path / "out.parquet"), "--release", "year-check")
+    assert done.returncode == 2 and done.stderr.startswith("error:"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(YEAR - 1) in done.stderr and "year-check" in done.stderr and str(YEAR) in done.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_export_mosaic_is_one_georeferenced_geotiff_of_the_region(two: TileStore, tmp_path: Path) -> None:
     import rasterio
 
@@ -104,8 +120,25 @@ def test_a_20_by_20_tile_region_reads_in_bounded_memory(tmp_path: Path) -> None:
     assert peak < 1e9, f"peak {peak / 1e6:.0f} MB"
 
 
+def _sampled(base: np.ndarray, overview: np.ndarray, factor: int) -> np.ndarray:
+    """Per overview pixel: True where its vector (all bands; NaN equal to NaN) is one of the base pixels of its
+    factor x factor footprint, i.e. the overview samples pixels rather than averaging them."""
+    height, width = overview.shape[1:]
+    found = np.zeros((height, width), bool)
+    for dr in range(factor):
+        for dc in range(factor):
+            rows = np.minimum(np.arange(height) * factor + dr, base.shape[1] - 1)
+            cols = np.minimum(np.arange(width) * factor + dc, base.shape[2] - 1)
+            cand = base[:, rows][:, :, cols]
+            found |= ((cand == overview) | (np.isnan(cand) & np.isnan(overview))).all(axis=0)
+    return found
+
+
 def test_export_cog_is_cloud_optimised_and_equals_the_region(two: TileStore, tmp_path: Path) -> None:
+    """A valid COG (rio-cogeo's strict validation) of the region's values, whose overviews sample pixels: a mean
+    of embeddings is not an embedding."""
     import rasterio
+    from rio_cogeo.cogeo import cog_validate
 
     from tessera_pipeline.read.geotiff import is_cog
 
@@ -114,11 +147,20 @@ def test_export_cog_is_cloud_optimised_and_equals_the_region(two: TileStore, tmp
                 str(out), "--bands", "0:3")
     assert done.returncode == 0, done.stderr
     assert is_cog(out) == []
+    valid, errors, warnings = cog_validate(str(out), strict=True)
+    assert valid and not errors and not warnings, (errors, warnings)
     want = open_reader(two).read_region((17.78, 79.60, 17.88, 79.70), YEAR).isel(band=slice(0, 3))
     with rasterio.open(out) as src:
         assert src.count == 3 and src.crs.to_epsg() == 32633 and src.overviews(1)
         assert src.descriptions == ("embedding_000", "embedding_001", "embedding_002")
-        np.testing.assert_array_equal(src.read(), want.values)
+        base = src.read()
+        np.testing.assert_array_equal(base, want.values)
+        factors = src.overviews(1)
+    for level, factor in enumerate(factors):
+        with rasterio.open(out, overview_level=level) as ov:
+            overview = ov.read()
+        assert (~np.isnan(overview[0])).sum() > 100
+        assert _sampled(base, overview, factor).all(), f"overview 1/{factor} averages pixels"
     again = _cli("export", "--store", two.url, "--year", str(YEAR), "--bbox", "17.78,79.60,17.88,79.70", "--cog",
                  str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr

@@ -120,7 +120,8 @@ def test_stac_of_a_release_validates_and_matches_its_rows(tmp_path: Path) -> Non
                                             "spatial:shape": [40960, 40960], "proj:code": "EPSG:32630"})
     zroot.create_group("utm32")  # no grid attributes: skipped with a warning
     out = tmp_path / "catalog"
-    done = run_stac("--store", url, "--release", "r1", "--out", str(out), "--zones-store", zones_url, "--json")
+    done = run_stac("--store", url, "--release", "r1", "--out", str(out), "--zones-store", zones_url, "--json",
+                    "--license", "cc-by-4.0")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["tiles"] == 3 and summary["zones"] == 1 and summary["collection_id"] == "tessera-1.1-r1"
@@ -130,9 +131,11 @@ def test_stac_of_a_release_validates_and_matches_its_rows(tmp_path: Path) -> Non
     validator("collection").validate(collection)
     Draft7Validator(PROJ_FIELDS).validate({k: v for k, v in collection["summaries"].items() if k != "proj:code"})
     assert collection["emb:type"] == "pixel" and collection["emb:dimensions"] == 128
-    assert collection["data_type"] == "int8" and collection["license"] == "other"
+    assert collection["data_type"] == "int8" and collection["license"] == "CC-BY-4.0"
     rels = {link["rel"] for link in collection["links"]}
-    assert {"emb:model", "emb:source-data"} <= rels
+    assert {"emb:model", "emb:source-data", "license"} <= rels
+    assert [x["href"] for x in collection["links"] if x["rel"] == "license"] == \
+        ["https://spdx.org/licenses/CC-BY-4.0.html"]
     assert collection["extent"]["temporal"]["interval"] == [["2024-01-01T00:00:00Z", "2024-12-31T23:59:59Z"]]
     assert collection["summaries"]["proj:code"] == ["EPSG:32630", "EPSG:32732"]
 
@@ -169,16 +172,26 @@ def test_stac_of_a_release_validates_and_matches_its_rows(tmp_path: Path) -> Non
     assert zone["id"] == "utm30" and zone["properties"]["proj:shape"] == [40960, 40960]
     assert zone["assets"]["zarr"]["href"] == f"{Path(zones_url).resolve()}/utm30"
 
-    again = run_stac("--store", url, "--release", "r1", "--out", str(out))
+    again = run_stac("--store", url, "--release", "r1", "--out", str(out), "--license", "CC-BY-4.0")
     assert again.returncode == 2 and again.stderr.count("error:") == 1 and "--overwrite" in again.stderr
     replaced = run_stac("--store", url, "--release", "r1", "--out", str(out), "--overwrite",
-                        "--href-base", "https://example.org/emb.zarr")
+                        "--href-base", "https://example.org/emb.zarr", "--license", "other",
+                        "--license-url", "https://example.org/terms.html")
     assert replaced.returncode == 0, replaced.stderr
+    collection = json.loads((out / "collection.json").read_text())
+    validator("collection").validate(collection)
+    assert collection["license"] == "other"
+    assert [x["href"] for x in collection["links"] if x["rel"] == "license"] == ["https://example.org/terms.html"]
     assert not (out / "zones.parquet").exists()
     hrefs = {i["assets"]["zarr"]["href"] for i in read_items(out / "items.parquet")}
     assert all(h.startswith("https://example.org/emb.zarr/2024/") for h in hrefs)
-    missing = run_stac("--store", url, "--release", "nope", "--out", str(tmp_path / "c2"))
+    missing = run_stac("--store", url, "--release", "nope", "--out", str(tmp_path / "c2"), "--license", "MIT")
     assert missing.returncode == 2 and "no release nope" in missing.stderr
+    for license, says in ((["--license", "other"], "--license-url"), (["--license", "Tessera-1"], "SPDX"),
+                          (["--license", "MIT OR CC0-1.0"], "one identifier")):
+        refused = run_stac("--store", url, "--release", "r1", "--out", str(tmp_path / "c3"), *license)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert says in refused.stderr and not (tmp_path / "c3").exists(), refused.stderr
 
 
 def instant(text: str) -> datetime:
@@ -221,4 +234,4 @@ def test_an_empty_release_is_refused_with_its_name(tmp_path: Path) -> None:
     store = make_store(str(tmp_path / "store.zarr"))
     empty = read_release(store, "r1").slice(0, 0)
     with pytest.raises(PublishError, match="release r1 names no tile"):
-        build_collection(empty, collection_id="c", store_url=store.url, root={}, release_name="r1")
+        build_collection(empty, collection_id="c", store_url=store.url, root={}, release_name="r1", license="MIT")

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
               help="With --bbox and --geotiff: one GeoTIFF of the box on its UTM zone's 10 m grid, tiles snapped and "
                    "overlaid as the reader does (not one file per tile).")
 @click.option("--cog", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --bbox: one Cloud-Optimised GeoTIFF of the box (float32, NaN no-data, overviews), "
-                   "streamed window by window.")
+              help="With --bbox: one Cloud-Optimised GeoTIFF of the box (float32, NaN no-data, overviews that "
+                   "sample pixels, never averaging embeddings), streamed window by window.")
 @click.option("--bands", default=None, metavar="A:B", help="With --mosaic or --cog: only embedding dimensions A to B-1.")
 @click.option("--dst-crs", default=None, metavar="CRS", help="With --mosaic or --cog: resample (nearest) onto this CRS.")
 @click.option("--res", type=float, default=None, help="With --dst-crs: pixel size in its units (default 10 m, "

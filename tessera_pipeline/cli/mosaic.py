@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -39,6 +40,9 @@ def mosaic(store_url: str, year: int, out_url: str, zones: str | None, release: 
 
     Only shards whose tile versions changed since they were built are rewritten, each from every tile
     that overlaps it; a killed run is finished by running it again. Shards run as Ray tasks.
+
+    A tile whose data is damaged or incomplete is left out: the rest is built, the tile is listed (`left_out`
+    with --json) and the command exits 1.
     """
     from tessera_pipeline.cli.console import make_console
     from tessera_pipeline.publish.mosaic_run import run_mosaic
@@ -57,3 +61,9 @@ def mosaic(store_url: str, year: int, out_url: str, zones: str | None, release: 
         click.echo(f"zone store {report.out}: {summary['tiles']} tiles of {year} in zone(s) "
                    f"{', '.join(map(str, report.zones))}; {summary['rebuilt']} of {summary['shards']} shard(s) rebuilt, "
                    f"{summary['up_to_date']} up to date, {summary['seconds']} s")
+    if report.left_out:
+        click.echo(f"error: {len(report.left_out)} tile(s) left out of the mosaic (their shards were built without "
+                   f"them, and are built again by the next run):", err=True)
+        for cause in sorted(report.left_out.values()):
+            click.echo(f"  {cause}", err=True)
+        sys.exit(1)

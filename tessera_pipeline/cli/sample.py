@@ -26,7 +26,10 @@ def read_points(path: Path) -> tuple[np.ndarray, pa.Table]:
 
     if not path.is_file():
         raise ArgumentError(f"--points {path}: no such file")
-    table = pq.read_table(path) if path.suffix.lower() in (".parquet", ".geoparquet") else pcsv.read_csv(path)
+    if path.suffix.lower() in (".parquet", ".geoparquet"):  # on this thread: see store.manifest.read_manifest
+        table = pq.read_table(path, use_threads=False)
+    else:
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False))
     names = {n.lower(): n for n in table.column_names}
     for lon, lat in COLUMNS:
         if lon in names and lat in names:

@@ -23,8 +23,11 @@ from tessera_pipeline.errors import OutputError, StoreError
                    "spatial:transform and spatial:shape, in zones.parquet.")
 @click.option("--collection-id", default=None,
               help="The Collection's id (default: tessera-{model_version}-{release}).")
-@click.option("--license", "license_", default="other", show_default=True,
-              help="The Collection's license: an SPDX identifier, or `other`.")
+@click.option("--license", "license_", required=True, metavar="SPDX-ID|other",
+              help="The Collection's license: an SPDX identifier (e.g. CC-BY-4.0; linked to its text on spdx.org), "
+                   "or `other` with --license-url.")
+@click.option("--license-url", default=None, metavar="URL",
+              help="The license text's URL (the Collection's `license` link); needed with --license other.")
 @click.option("--href-base", default=None, metavar="URL",
               help="Write asset hrefs under this URL instead of --store (the address readers use, e.g. https://).")
 @click.option("--overwrite", is_flag=True, default=False,
@@ -32,7 +35,7 @@ from tessera_pipeline.errors import OutputError, StoreError
                    "(removed when --zones-store is not given); nothing else in it is touched.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="One JSON document on stdout.")
 def stac(store_url: str, release: str, out: Path, zones_url: str | None, collection_id: str | None,
-         license_: str, href_base: str | None, overwrite: bool, as_json: bool) -> None:
+         license_: str, license_url: str | None, href_base: str | None, overwrite: bool, as_json: bool) -> None:
     """Publish a release as STAC: a Collection (collection.json) and one Item per tile as stac-geoparquet
     (items.parquet), with the proj: and emb: extensions, array checksums and model provenance.
 
@@ -47,10 +50,15 @@ def stac(store_url: str, release: str, out: Path, zones_url: str | None, collect
         publish,
         zone_mosaics,
     )
+    from tessera_pipeline.publish.stac_license import license_fields
     from tessera_pipeline.store import TileStore, layout
     from tessera_pipeline.store.releases import read_release
 
     layout.check_release(release)
+    if license_.strip().lower() == "other" and not license_url:
+        raise click.UsageError("--license other needs --license-url URL (the license text), or give an SPDX "
+                               "identifier such as CC-BY-4.0")
+    license_fields(license_, license_url)  # an identifier SPDX does not know is refused before anything is written
     folder = check_output_dir(out, "--out")
     if folder.is_dir() and any(os.scandir(folder)) and not overwrite:
         raise OutputError(f"--out {out}: folder is not empty; choose another folder, or pass --overwrite to replace "
@@ -69,7 +77,7 @@ def stac(store_url: str, release: str, out: Path, zones_url: str | None, collect
         (folder / ZONES_FILE).unlink(missing_ok=True)
     summary = publish(table, folder, store_url=store.url, root=root, release_name=release,
                       collection_id=collection_id or default_collection_id(root, release), license=license_,
-                      href_base=href_base, zones=zones)
+                      license_url=license_url, href_base=href_base, zones=zones)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

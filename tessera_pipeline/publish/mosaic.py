@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera_pipeline.errors import PublishError
+from tessera_pipeline.errors import PublishError, StoreIntegrityError
 from tessera_pipeline.grid import N_LAT, index_from_point
 from tessera_pipeline.landmask import LandMask
 from tessera_pipeline.read import lattice
@@ -74,10 +74,12 @@ def record_key(job: ShardJob) -> str:
     return f"{state_prefix(job.year, job.zone)}/{job.row}_{job.col}.json"
 
 
-def record_bytes(job: ShardJob) -> bytes:
-    """A shard's record: its format, place and the tile versions it holds."""
+def record_bytes(job: ShardJob, left_out: Iterable[str] = ()) -> bytes:
+    """A shard's record: its format, place and the tile versions it holds (a tile left out is not held, so the
+    shard stays stale and is built again next run)."""
+    held = {tile: version for tile, version in job.wanted.items() if tile not in set(left_out)}
     return json.dumps({"format": RECORD_FORMAT, "zone": job.zone, "year": job.year, "shard": [job.row, job.col],
-                       "tiles": job.wanted}, sort_keys=True, indent=1).encode()
+                       "tiles": held}, sort_keys=True, indent=1).encode()
 
 
 def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -> list[ShardJob]:
@@ -161,8 +163,11 @@ def _all_land(grid: ZoneGrid, row0: int, col0: int, landmask: LandMask) -> bool:
     return bool(landmask.contains(gx, gy).all())
 
 
-def build_shard(job: ShardJob, grid: ZoneGrid, reader: VersionReader, landmask: LandMask) -> tuple[np.ndarray, np.ndarray]:
-    """The shard's (128, 4096, 4096) int8 embeddings and (4096, 4096) scales."""
+def build_shard(job: ShardJob, grid: ZoneGrid, reader: VersionReader, landmask: LandMask,
+                left_out: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's (128, 4096, 4096) int8 embeddings and (4096, 4096) scales.
+
+    A tile whose data is damaged (a checksum, a missing object) is left out, its cause put in `left_out`."""
     row0, col0 = job.row * SHARD_SIZE, job.col * SHARD_SIZE
     emb = np.zeros((128, SHARD_SIZE, SHARD_SIZE), np.int8)
     scales = np.full((SHARD_SIZE, SHARD_SIZE), np.inf, np.float32)
@@ -176,7 +181,12 @@ def build_shard(job: ShardJob, grid: ZoneGrid, reader: VersionReader, landmask: 
         b0, b1 = max(c0, 0), min(c0 + ref.width, SHARD_SIZE)
         if a0 >= a1 or b0 >= b1:
             continue
-        q, s = reader.window(ref, slice(a0 - r0, a1 - r0), slice(b0 - c0, b1 - c0))
+        try:
+            q, s = reader.window(ref, slice(a0 - r0, a1 - r0), slice(b0 - c0, b1 - c0))
+        except StoreIntegrityError as exc:
+            log.warning("%s left out of shard utm%02d %d_%d: %s", ref.tile, job.zone, job.row, job.col, exc)
+            left_out[ref.tile] = str(exc)
+            continue
         has = valid_scale(s)
         here = scales[a0:a1, b0:b1]
         here[~has & ~valid_scale(here)] = np.nan

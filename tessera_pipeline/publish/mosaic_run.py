@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera_pipeline.errors import StoreError
+from tessera_pipeline.errors import PublishError, StoreError, TesseraError
 from tessera_pipeline.landmask import LandMask, load_landmask
 from tessera_pipeline.publish import mosaic, zone_store
 from tessera_pipeline.read import lattice
@@ -35,17 +35,21 @@ class MosaicReport:
     shards: int
     rebuilt: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Tiles left out of the mosaic (damaged data, missing objects), with the cause.
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {"out": self.out, "year": self.year, "zones": self.zones, "tiles": self.tiles, "shards": self.shards,
                 "rebuilt": len(self.rebuilt), "up_to_date": self.shards - len(self.rebuilt),
+                "left_out": [{"tile": t, "cause": c} for t, c in sorted(self.left_out.items())],
                 "seconds": round(self.seconds, 1)}
 
 
-def source_refs(store_url: str, year: int, release: str | None) -> tuple[list[TileRef], dict[str, Any], str]:
+def source_refs(store_url: str, year: int,
+                release: str | None) -> tuple[list[TileRef], dict[str, Any], str, dict[str, str]]:
     """The tile versions to mosaic (a release's, or every committed tile's via a manifest), the store's root
-    attributes and a description of the source."""
+    attributes, a description of the source and the committed tiles the manifest left out (with the cause)."""
     from tessera_pipeline.store import TileStore
     from tessera_pipeline.store.manifest import build_manifest
     from tessera_pipeline.store.releases import read_release
@@ -54,15 +58,14 @@ def source_refs(store_url: str, year: int, release: str | None) -> tuple[list[Ti
     attrs = store.root_attrs()
     if attrs is None:
         raise StoreError(f"no store at {store.url}")
+    left_out: dict[str, str] = {}
     if release is not None:
         table, what = read_release(store, release), f"release {release}"
     else:
         built = build_manifest(store, year)
-        if built.left_out:
-            log.warning("%d tile(s) left out of the mosaic (missing objects): %s", len(built.left_out),
-                        ", ".join(x.tile for x in built.left_out[:5]))
+        left_out = {x.tile: f"tile {x.tile}: {x.problem}" for x in built.left_out}
         table, what = built.table, "committed tiles"
-    return TableIndex(table, what).refs(year), attrs, what
+    return TableIndex(table, what).refs(year), attrs, what, left_out
 
 
 def _open_out(out_url: str) -> Any:
@@ -102,8 +105,9 @@ def prepare(out_url: str, refs: list[TileRef], year: int, landmask: LandMask, at
 
 
 def _build_one(job: mosaic.ShardJob, grid: ZoneGrid, time_index: int, store_url: str, out_url: str,
-               landmask: LandMask) -> str:
-    """Build and write one shard, then its record (the record last: a killed build is redone)."""
+               landmask: LandMask) -> tuple[str, dict[str, str]]:
+    """Build and write one shard, then its record (the record last: a killed build is redone); returns the record's
+    key and the tiles left out of the shard, with their cause."""
     import zarr
 
     from tessera_pipeline.read.tiles import VersionReader
@@ -114,12 +118,34 @@ def _build_one(job: mosaic.ShardJob, grid: ZoneGrid, time_index: int, store_url:
     state = open_backend(out_url + STATE_SUFFIX)
     key = mosaic.record_key(job)
     state.delete(key)
-    emb, scales = mosaic.build_shard(job, grid, VersionReader(store.backend, store.url), landmask)
+    left_out: dict[str, str] = {}
+    emb, scales = mosaic.build_shard(job, grid, VersionReader(store.backend, store.url), landmask, left_out)
     out = open_backend(out_url)
     group = zarr.open_group(out.zarr_store(zone_store.group_name(job.zone)), mode="r+", zarr_format=3)
     mosaic.write_shard(group, time_index, job, emb, scales)
-    state.put_atomic(key, mosaic.record_bytes(job))
-    return key
+    state.put_atomic(key, mosaic.record_bytes(job, left_out))
+    return key, left_out
+
+
+def _outcome(ref: Any, job: mosaic.ShardJob) -> tuple[str, dict[str, str]]:
+    """A shard task's result; its failure as the typed error raised inside the task (one line, naming the cause),
+    not Ray's wrapper with the remote traceback."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    try:
+        result: tuple[str, dict[str, str]] = ray.get(ref)
+        return result
+    except RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, TesseraError):
+            raise cause from None
+        raise PublishError(f"shard utm{job.zone:02d} {job.row}_{job.col} of {job.year}: "
+                           f"{type(cause).__name__}: {cause}") from None
+    except RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PublishError(f"shard utm{job.zone:02d} {job.row}_{job.col} of {job.year}: {type(exc).__name__}: "
+                           f"{first}") from None
 
 
 def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | None = None, release: str | None = None,
@@ -131,7 +157,7 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
     from tessera_pipeline.store.backend import open_backend
 
     t0 = time.monotonic()
-    refs, attrs, what = source_refs(store_url, year, release)
+    refs, attrs, what, left_out = source_refs(store_url, year, release)
     if zones:
         refs = [r for r in refs if lattice.zone_of_epsg(r.epsg) in set(zones)]
     if not refs:
@@ -141,7 +167,8 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
     jobs = mosaic.shard_jobs(refs, grids, year)
     state = open_backend(out_url + STATE_SUFFIX)
     todo = mosaic.stale(jobs, lambda job: state.get(mosaic.record_key(job)))
-    report = MosaicReport(out=out_url, year=year, zones=sorted(grids), tiles=len(refs), shards=len(jobs))
+    report = MosaicReport(out=out_url, year=year, zones=sorted(grids), tiles=len(refs), shards=len(jobs),
+                          left_out=left_out)
     log.info("mosaic of %d tiles (%s): %d shard(s), %d to build", len(refs), what, len(jobs), len(todo))
     started = False
     if todo:
@@ -155,11 +182,14 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
         try:
             task = ray.remote(max_calls=1, num_cpus=1, memory=SHARD_TASK_MEMORY)(_build_one)
             mask_ref = ray.put(mask)
-            pending = [task.remote(job, grids[job.zone], times[job.zone], store_url, out_url, mask_ref) for job in todo]
+            pending = {task.remote(job, grids[job.zone], times[job.zone], store_url, out_url, mask_ref): job
+                       for job in todo}
             done = 0
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                report.rebuilt.append(ray.get(ready[0]))
+                ready, _rest = ray.wait(list(pending), num_returns=1)
+                key, left = _outcome(ready[0], pending.pop(ready[0]))
+                report.rebuilt.append(key)
+                report.left_out.update(left)
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(todo))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tessera_pipeline.errors import PublishError
+from tessera_pipeline.publish.stac_license import license_fields
+from tessera_pipeline.publish.stac_parquet import CHUNK_ITEMS, read_items, write_items  # noqa: F401 (read_items: API)
 from tessera_pipeline.store.records import PREFIX, modernised, own
 
 if TYPE_CHECKING:
@@ -55,8 +55,6 @@ SOURCE_DATA = {
     "": ["https://stac.dataspace.copernicus.eu/v1/collections/sentinel-2-l2a",
          "https://stac.dataspace.copernicus.eu/v1/collections/sentinel-1-grd"],
 }
-#: Items per Arrow batch when the items are converted (bounds memory for a whole year).
-CHUNK_ITEMS = 16_384
 ZONE_GROUP = re.compile(r"^utm(\d{2})$")
 COLLECTION_FILE = "collection.json"
 ITEMS_FILE = "items.parquet"
@@ -131,10 +129,12 @@ def _emb_fields(dims: int) -> dict[str, Any]:
 
 
 def build_collection(release: pa.Table, *, collection_id: str, store_url: str, root: Mapping[str, Any],
-                     release_name: str, license: str = "other", zones: bool = False) -> dict[str, Any]:
-    """The Collection: extent of the release's tiles and years, model links, summaries and the items' files."""
+                     release_name: str, license: str, license_url: str | None = None,
+                     zones: bool = False) -> dict[str, Any]:
+    """The Collection: extent of the release's tiles and years, license, model links, summaries and the items' files."""
     import pyarrow.compute as pc
 
+    license, license_link = license_fields(license, license_url)
     if release.num_rows == 0:
         raise PublishError(f"release {release_name} names no tile: nothing to publish")
     model = model_of(root)
@@ -178,7 +178,7 @@ def build_collection(release: pa.Table, *, collection_id: str, store_url: str, r
         "keywords": ["embeddings", "tessera", "sentinel-2", "sentinel-1"],
         "extent": {"spatial": {"bbox": [extent_box]}, "temporal": {"interval": [[start, end]]}},
         "summaries": summaries,
-        "links": _links(root, model),
+        "links": [license_link, *_links(root, model)],
         "assets": assets,
         **_emb_fields(dims[0]),
         f"{OWN}release": release_name,
@@ -345,61 +345,8 @@ def _epsg(code: Any, default: int) -> int:
     return default
 
 
-def write_items(items: Iterable[dict[str, Any]], path: Path, *, collection: Mapping[str, Any]) -> int:
-    """Items as one stac-geoparquet file (the collection in its metadata); returns the number written.
-
-    Converted in chunks of CHUNK_ITEMS; the schema is unified over chunks spilled beside `path`, so a
-    year's 1.6 M items never sit in memory at once.
-    """
-    import pyarrow.parquet as pq
-    from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
-
-    counted = _Counter(items)
-    spill = Path(tempfile.mkdtemp(prefix=".stac-", dir=path.parent))
-    try:
-        reader = parse_stac_items_to_arrow(counted, chunk_size=CHUNK_ITEMS, schema="ChunksToDisk", tmpdir=spill)
-        to_parquet(reader, path, collections={str(collection["id"]): dict(collection)}, compression="zstd")
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
-    if counted.n == 0:
-        pq.write_table(_empty_items_table(), path)
-    return counted.n
-
-
-class _Counter:
-    """Counts the items an iterable yields as it is consumed."""
-
-    def __init__(self, items: Iterable[dict[str, Any]]) -> None:
-        self.items = iter(items)
-        self.n = 0
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Each item, counted."""
-        for item in self.items:
-            self.n += 1
-            yield item
-
-
-def _empty_items_table() -> pa.Table:
-    """A stac-geoparquet table of no items (id and geometry columns only)."""
-    import pyarrow as pa
-
-    return pa.table({"id": pa.array([], pa.string()), "geometry": pa.array([], pa.binary())})
-
-
-def read_items(path: Path) -> list[dict[str, Any]]:
-    """A stac-geoparquet file's items back as STAC JSON dicts (stac-geoparquet's reader)."""
-    import pyarrow.parquet as pq
-    from stac_geoparquet.arrow import stac_table_to_items
-
-    table = pq.read_table(path)
-    if table.num_rows == 0:
-        return []
-    return list(stac_table_to_items(table))
-
-
 def publish(release: pa.Table, out: Path, *, store_url: str, root: Mapping[str, Any], release_name: str,
-            collection_id: str, license: str = "other", href_base: str | None = None,
+            collection_id: str, license: str, license_url: str | None = None, href_base: str | None = None,
             zones: list[ZoneMosaic] | None = None) -> dict[str, Any]:
     """Write `collection.json`, `items.parquet` (one item per tile) and, given zones, `zones.parquet` into `out`.
 
@@ -408,7 +355,8 @@ def publish(release: pa.Table, out: Path, *, store_url: str, root: Mapping[str, 
     """
     base = href_base or store_url
     collection = build_collection(release, collection_id=collection_id, store_url=base, root=root,
-                                  release_name=release_name, license=license, zones=zones is not None)
+                                  release_name=release_name, license=license, license_url=license_url,
+                                  zones=zones is not None)
     n_tiles = write_items(tile_items(release, collection_id=collection_id, store_url=base), out / ITEMS_FILE,
                           collection=collection)
     n_zones = None

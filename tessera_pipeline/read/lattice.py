@@ -6,7 +6,8 @@ the lattice by floor, as geotessera 0.11.0's writer places it: `col0 = floor((x_
 `row0 = floor((Y0 - y_tile) / 10)`, each tile moving up to 10 m west and north. The zone origin
 (X0, Y0) is a multiple of 10 m, so a pixel's place relative to any other pixel of the zone does not
 depend on it: here pixels are indexed on the global lattice `col = floor(x / 10)`,
-`row = floor(-y / 10)`, and a zone grid only adds its origin (`ZoneGrid`).
+`row = floor(-y / 10)`, and a zone grid only adds its origin (`ZoneGrid`). A point reads the pixel whose centre
+is nearest; a point exactly on a pixel edge goes west and north, as geotessera 0.11.0's reader breaks ties.
 """
 
 from __future__ import annotations
@@ -66,10 +67,24 @@ def unproject(x: np.ndarray, y: np.ndarray, zone: int) -> tuple[np.ndarray, np.n
     return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
 
 
+def _nearest_centre(v: np.ndarray, *, upper_wins_ties: bool) -> np.ndarray:
+    """Index k of the lattice centre (k + 0.5) * 10 nearest each coordinate, with geotessera 0.11.0's arithmetic:
+    the centres c_k < v <= c_k+1 around it, their distances compared as floats; a tie takes the lower one unless
+    `upper_wins_ties`."""
+    v = np.asarray(v, np.float64)
+    k = np.floor(v / PIXEL_SIZE - 0.5)
+    k = np.where((k + 0.5) * PIXEL_SIZE >= v, k - 1, k)
+    k = np.where((k + 1.5) * PIXEL_SIZE < v, k + 1, k)
+    below, above = v - (k + 0.5) * PIXEL_SIZE, (k + 1.5) * PIXEL_SIZE - v
+    lower = below < above if upper_wins_ties else below <= above
+    return np.where(lower, k, k + 1).astype(np.int64)
+
+
 def pixel_of(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Global lattice (row, col) of the 10 m pixels holding canonical points (x, y)."""
-    return (np.floor(-np.asarray(y) / PIXEL_SIZE).astype(np.int64),
-            np.floor(np.asarray(x) / PIXEL_SIZE).astype(np.int64))
+    """Global lattice (row, col) of the 10 m pixels whose centres are nearest canonical points (x, y).
+
+    A point exactly on a pixel edge goes west and north, as geotessera 0.11.0's reader breaks the tie."""
+    return -_nearest_centre(y, upper_wins_ties=True) - 1, _nearest_centre(x, upper_wins_ties=False)
 
 
 def tile_origin(transform: Iterable[float], epsg: int) -> tuple[int, int]:

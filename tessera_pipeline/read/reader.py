@@ -65,7 +65,12 @@ class Reader:
         return self._landmask
 
     def _lookup(self, year: int) -> Any:
-        """A per-call memo of the index: each tile looked up once, again only when asked for fresh."""
+        """A per-call memo of the index: each tile looked up once, again only when asked for fresh.
+
+        A release or manifest without the year is an error (every point would read `pending` otherwise)."""
+        if isinstance(self.index, TableIndex) and year not in (years := self.index.years()):
+            raise StoreError(f"{self.index.source} holds no tiles of {year} "
+                             f"(its years: {', '.join(map(str, years)) or 'none'})")
         memo: dict[str, TileRef | None] = {}
 
         def lookup(names: list[str], fresh: bool) -> dict[str, TileRef]:

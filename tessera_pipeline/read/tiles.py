@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,7 +79,7 @@ class VersionReader:
             if cached is not None:
                 self._scales.move_to_end(ref.path)
                 return cached
-        scales = np.asarray(self._group(ref)[layout.SCALES][...])
+        scales = self._decoded(ref, layout.SCALES, lambda: self._group(ref)[layout.SCALES][...])
         if scales.shape != (ref.height, ref.width):
             raise StoreIntegrityError(f"{ref.path}/{layout.SCALES}: shape {scales.shape} != marker "
                                       f"{(ref.height, ref.width)} in {self.url}", tile=ref.tile)
@@ -98,16 +99,24 @@ class VersionReader:
         array = self._group(ref)[layout.EMBEDDINGS]
         r, c, b = np.broadcast_arrays(np.asarray(rows)[:, None], np.asarray(cols)[:, None],
                                       np.arange(array.shape[-1])[None, :])
-        values = np.asarray(array.vindex[r, c, b])
+        values = self._decoded(ref, layout.EMBEDDINGS, lambda: array.vindex[r, c, b])
         self._check(ref, values)
         return values
 
     def window(self, ref: TileRef, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """int8 embeddings (h, w, 128) and scales (h, w) of a window of a tile."""
         scales = self.scales(ref)[rows, cols]
-        values = np.asarray(self._group(ref)[layout.EMBEDDINGS][rows, cols])
+        values = self._decoded(ref, layout.EMBEDDINGS, lambda: self._group(ref)[layout.EMBEDDINGS][rows, cols])
         self._check(ref, values[valid_scale(scales)])
         return values, scales
+
+    def _decoded(self, ref: TileRef, name: str, read: Callable[[], Any]) -> np.ndarray:
+        """An array read of a version; an object that does not decode (its checksum, its codec) is damage, named."""
+        try:
+            return np.asarray(read())
+        except (ValueError, RuntimeError) as exc:
+            raise StoreIntegrityError(f"{ref.path}/{name} in {self.url}: a damaged object that does not decode "
+                                      f"({exc})", tile=ref.tile) from exc
 
     def _check(self, ref: TileRef, values: np.ndarray) -> None:
         """Raise when a pixel with data reads all zeros: its embeddings object is missing or damaged."""

@@ -296,10 +296,13 @@ def rows_table(markers: pa.Table, store_url: str, model: dict[str, Any]) -> pa.T
 
 
 def read_manifest(data: bytes) -> pa.Table:
-    """A manifest (or release) table from its Parquet bytes."""
+    """A manifest (or release) table from its Parquet bytes.
+
+    Decoded on the calling thread: Arrow's thread pool, left running by a command that then fails at once, can
+    abort the interpreter at exit ("terminate called without an active exception", exit 134)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(data))
+    return pq.read_table(io.BytesIO(data), use_threads=False)
 
 
 def version_marker(row: dict[str, Any]) -> dict[str, Any]:
