@@ -19,7 +19,7 @@ from tessera_pipeline.run.lease import StoreLease
 from tessera_pipeline.run.messages import TileResult
 from tessera_pipeline.run.pool import Pool
 from tessera_pipeline.run.probe import Prober
-from tessera_pipeline.run.progress import ClassStats, Metrics, RecordWriter, RunProgress
+from tessera_pipeline.run.progress import ClassStats, EncodeSpans, Metrics, RecordWriter, RunProgress
 from tessera_pipeline.store.runlog import PlannedTiles
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ class Charging:
     outage: OutagePolicy
     retry_heap: list[tuple[float, int]]
     attempts: np.ndarray
-    final: set[int]
+    final: np.ndarray
     avoid: defaultdict[int, set[str]]
     inflight: dict[Any, Any]
     deaths: dict[str, set[Any]]
     by_class: defaultdict[str, ClassStats]
     failed_by_reason: Counter[str]
     retries_by_reason: Counter[str]
-    intervals: defaultdict[str, list[tuple[float, float]]]
+    spans: defaultdict[str, EncodeSpans]
     metrics: Metrics
     progress: RunProgress
     run_id: str
@@ -60,7 +60,7 @@ class Charging:
         key = (int(self.todo.years[index]), self.todo.tiles[index])
         for guilty in self.evidence.succeeded(index, slot.key):
             self._quarantine(guilty, now)
-        self.final.add(index)
+        self.final[index] = True
         self.avoid.pop(index, None)
         self._last_failure.pop(index, None)
         self.outage.held.pop(index, None)
@@ -72,7 +72,7 @@ class Charging:
         self.progress.pixels_done += result.pixels
         self.progress.planned_pixels_done += int(self.todo.pixels[index])
         if result.encode_ended > result.encode_started > 0:
-            self.intervals[result.worker_id].append((result.encode_started, result.encode_ended))
+            self.spans[result.worker_id].add(result.encode_started, result.encode_ended)
         self.metrics.completed(result.hw_class, result.pixels)
         if not result.committed_by_other:
             self.records.log_commit(*key)
@@ -85,7 +85,7 @@ class Charging:
         replace it, and give back the attempts its failures cost the tiles still open."""
         slot = self.pool.slots.get(actor)
         for index, charged in self.evidence.refunds(actor).items():
-            if index not in self.final:
+            if not self.final[index]:
                 self.attempts[index] = max(0, int(self.attempts[index]) - charged)
         if slot is None or slot.state == "dead":
             return
@@ -102,7 +102,7 @@ class Charging:
 
     def _fail(self, index: int, info: FailureInfo, slot: ActorSlot, now: float) -> None:
         year, tile = int(self.todo.years[index]), self.todo.tiles[index]
-        if index in self.final:
+        if self.final[index]:
             return
         if info.reason == PREEMPTED:
             log.info("tile %s/%s: lost with its preempted node; retrying elsewhere, not charged", year, tile)
@@ -146,7 +146,7 @@ class Charging:
         kind = "permanent" if info.kind == "permanent" else "exhausted"
         log.warning("tile %s/%s failed for good after %d attempt(s): %s: %s", year, tile, attempts, info.reason,
                     info.message)
-        self.final.add(index)
+        self.final[index] = True
         self.evidence.forget(index)
         self.avoid.pop(index, None)
         self.records.record_failure(year, tile, {
@@ -179,7 +179,7 @@ class Charging:
                         "the %d attempt(s) charged meanwhile are refunded", self.outage.reason, verdict.pause_s,
                         len(verdict.refund))
         for index in verdict.refund:
-            if index not in self.final and self.attempts[index] > 0:
+            if not self.final[index] and self.attempts[index] > 0:
                 self.attempts[index] -= 1
                 self.evidence.refund_all(index)
         for index in verdict.requeue:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from tessera_pipeline.store.records import ProgressSnapshot, ProgressState
 from tessera_pipeline.store.runlog import COMMIT_LOG_PAGE, RunLog
@@ -90,22 +89,43 @@ class RunProgress(ProgressState):
 
 
 @dataclass
+class EncodeSpans:
+    """One actor's encodes, summed as they arrive (a few numbers per actor, never one per tile): the first
+    start, the last end and the time spent encoding. Encodes on one actor never overlap (its encode lock)."""
+
+    first: float = float("inf")
+    last: float = 0.0
+    busy_s: float = 0.0
+    count: int = 0
+
+    def add(self, started: float, ended: float) -> None:
+        """Count one encode (wall-clock start and end)."""
+        self.first = min(self.first, started)
+        self.last = max(self.last, ended)
+        self.busy_s += ended - started
+        self.count += 1
+
+    def idle_fraction(self) -> float | None:
+        """Time between encodes over the time from the first start to the last end (None below two encodes)."""
+        if self.count < 2 or self.last <= self.first:
+            return None
+        return max(0.0, 1.0 - self.busy_s / (self.last - self.first))
+
+
+@dataclass
 class RunOutcome:
-    """What a driver session did: the final progress, and each actor's encode intervals (for idle time)."""
+    """What a driver session did: the final progress, and each actor's encodes (for idle time)."""
 
     progress: RunProgress
-    intervals: dict[str, list[tuple[float, float]]]
+    spans: dict[str, EncodeSpans]
 
     def idle_fraction(self) -> dict[str, float]:
         """Per actor: time between consecutive encodes over the time from first encode start to last end."""
         out: dict[str, float] = {}
-        for worker, spans in self.intervals.items():
-            spans = sorted(s for s in spans if s[1] > s[0])
-            if len(spans) < 2:
-                continue
-            starts, ends = np.array([s[0] for s in spans]), np.array([s[1] for s in spans])
-            gaps = np.clip(starts[1:] - ends[:-1], 0, None).sum()
-            out[worker] = float(gaps / max(ends[-1] - starts[0], 1e-9))
+        for worker, spans in self.spans.items():
+            idle = spans.idle_fraction()
+            if idle is not None:
+                out[worker] = idle
         return out
 
 

@@ -35,6 +35,7 @@ from tessera_pipeline.run.pool import Pool
 from tessera_pipeline.run.probe import Prober
 from tessera_pipeline.run.progress import (
     ClassStats,
+    EncodeSpans,
     Metrics,
     RecordWriter,
     RunOutcome,
@@ -106,7 +107,7 @@ class Scheduler(Charging):
         self.queue: deque[int] = deque(range(len(todo)))
         self.retry_heap: list[tuple[float, int]] = []
         self.attempts = np.zeros(len(todo), dtype=np.int32)
-        self.final: set[int] = set()
+        self.final = np.zeros(len(todo), dtype=bool)
         self.avoid: dict[int, set[str]] = defaultdict(set)
         self.inflight: dict[Any, _Inflight] = {}
         self.timed_out: set[Any] = set()
@@ -114,7 +115,7 @@ class Scheduler(Charging):
         self.by_class: dict[str, ClassStats] = defaultdict(ClassStats)
         self.failed_by_reason: Counter[str] = Counter()
         self.retries_by_reason: Counter[str] = Counter()
-        self.intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.spans: defaultdict[str, EncodeSpans] = defaultdict(EncodeSpans)
         self.metrics = Metrics(run_id)
         self.progress = RunProgress(run_id, len(todo), already_complete, pixels_total=todo.total_pixels)
         self._t0 = 0.0
@@ -201,7 +202,7 @@ class Scheduler(Charging):
                 self.pool.kill(slot, restart=True)
             if slot.state == "ready":
                 self.pool.recover(slot)
-            if info.reason in DEATHS and not timed_out and item.index not in self.final:
+            if info.reason in DEATHS and not timed_out and not self.final[item.index]:
                 self._died(item, ref, info, now)
                 return
             self._fail(item.index, info, slot, now)
@@ -307,4 +308,4 @@ class Scheduler(Charging):
                 break
         self.progress.finished = not (self.queue or self.retry_heap or self.inflight or self.outage.held)
         self._publish(time.monotonic(), store=True)
-        return RunOutcome(self.progress, dict(self.intervals))
+        return RunOutcome(self.progress, dict(self.spans))
