@@ -266,6 +266,6 @@ def test_tiles_lost_to_spot_preemption_are_retried_uncharged_without_quarantine_
             sched._fail(0, info, slots[n % 2], now=float(n))
     finally:
         records.flush(1.0)
-    assert int(sched.attempts[0]) == 0 and 0 not in sched.final and sched.progress.failed == 0
+    assert int(sched.attempts[0]) == 0 and not sched.final[0] and sched.progress.failed == 0
     assert len(sched.retry_heap) == 10 and sched.retries_by_reason["preempted"] == 10
     assert not sched.evidence.tiles and not sched.outage.paused and all(s.state == "ready" for s in slots)

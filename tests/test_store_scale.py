@@ -154,3 +154,27 @@ def test_the_commit_log_keeps_every_entry_in_pages_of_a_thousand(tmp_path: Path)
     assert len(pages) == 3, pages
     logged = RunLog(backend).committed_by(RUN_ID)
     assert logged == {(YEAR, n) for n in names[:2500]} | {(YEAR, "grid_9.95_9.95")}
+
+
+def test_a_reprocess_never_counts_done_a_logged_tile_whose_marker_was_rewritten_since(tmp_path: Path) -> None:
+    """A reprocess logged its commit of a tile; another writer then put a marker naming another checkpoint.
+    The log no longer vouches for that tile (its marker is newer than the page): status reads it and says
+    pending, never complete on the old checkpoint."""
+    store_dir = tmp_path / "store.zarr"
+    backend = LocalBackend(store_dir)
+    tiles = _tiles(3)
+    started = datetime.now(timezone.utc).isoformat()
+    plan = plan_tiles(TileSet.from_names(tiles), YEAR)
+    record = {"format": "tessera-run/1", "run_id": RUN_ID, "kind": "reprocess", "created_at": started,
+              "config": {}, "checkpoint": {"sha256": NEW}}
+    backend.put_atomic(run_key(RUN_ID, "plan.tsv.gz"), encode_plan(plan))
+    backend.put_atomic(run_key(RUN_ID, "run.json"), json.dumps(record).encode())
+    backend.put_atomic("_run/current.json", json.dumps({"run_id": RUN_ID}).encode())
+    now = datetime.now(timezone.utc).isoformat()
+    for tile in tiles:
+        backend.put_atomic(layout.marker_key(YEAR, tile), _marker(tile, NEW, now))
+    backend.put_atomic(commit_log_key(RUN_ID, "deadbeef-000000"), "".join(f"{YEAR}\t{t}\n" for t in tiles).encode())
+    time.sleep(0.05)
+    backend.put_atomic(layout.marker_key(YEAR, tiles[0]), _marker(tiles[0], OLD, datetime.now(timezone.utc).isoformat()))
+    st = run_status(str(store_dir))
+    assert (st.complete, st.pending) == (2, 1), st.to_dict()

@@ -61,7 +61,7 @@ def status(store: str, run_id: str | None, all_reasons: bool, as_json: bool, map
             console.print(f"running: driver on {d['host']} (pid {d['pid']}), last beat {d['last_beat_s_ago']:.0f} s ago",
                           markup=False)
         elif st.state == "stopped":
-            lapsed = bool(d) and not d.get("released")
+            lapsed = bool(d)
             why = (f"its driver on {d['host']} last beat {d['last_beat_s_ago']:.0f} s ago (lease expired)" if lapsed
                    else "no driver holds the store")
             console.print(f"not running: {why}; continue with: tessera-pipeline resume --store {store}"

@@ -2,9 +2,10 @@
 
 A plain run's tile is done when it has a commit marker: one listing per year. A reprocess's tile
 is done only when its marker names this reprocess's checkpoint and was written after it started:
-markers older than the run are not its own (from the listing), and the others (those its commit log
-names, and those committed since it started) are read, so a marker another writer put after the
-reprocess's commit is never counted done. Results are boolean masks over the plan,
+markers older than the run are not its own (from the listing); a tile its commit log names is done
+while its marker is no newer than that log page (a marker rewritten since is read); only the few
+committed since the run started but missing from the log (a driver killed before its log page
+landed), and the rewritten ones, are read one by one. Results are boolean masks over the plan,
 never lists of dicts, so a 1.6 M-tile plan stays small in memory.
 """
 
@@ -62,18 +63,26 @@ def done_mask(store: TileStore, runlog: RunLog, record: dict[str, Any], plan: Pl
     """True for the planned tiles this run need not do: committed (for a reprocess: its marker names the
     reprocess's checkpoint and was written since it started).
 
-    A reprocess reads the markers of the tiles its commit log names and of those committed since it started,
-    so a tile whose marker was replaced afterwards by another writer is redone, never counted done."""
+    A reprocess trusts its commit log for a tile only while the tile's marker is no newer than the log page
+    that names it (both times from the store's listings, one clock); the markers rewritten since (by
+    another writer) and those committed since it started but not logged are read, so a marker another
+    writer put after the reprocess's commit is redone, never counted done."""
     committed, modified = committed_mask(store, plan)
     if record.get("kind") != "reprocess":
         return committed
-    logged = plan_mask(plan, runlog.committed_by(record["run_id"])) & committed
+    logged_at = runlog.committed_by_when(record["run_id"])
+    page_time = np.full(len(plan), np.nan)
+    if logged_at:
+        page_time = np.fromiter((logged_at.get(k, np.nan) for k in zip(plan.years.tolist(), plan.tiles)),
+                                dtype=np.float64, count=len(plan))
+    logged = committed & ~np.isnan(page_time)
+    rewritten = logged & (np.nan_to_num(modified, nan=0.0) > np.nan_to_num(page_time, nan=np.inf))
     started = datetime.fromisoformat(str(record["created_at"])).timestamp()
-    recent = committed & (np.nan_to_num(modified, nan=0.0) >= started - CLOCK_SLACK_S)
-    read = np.flatnonzero(logged | recent)
-    done = np.zeros(len(plan), dtype=bool)
+    recent = committed & ~logged & (np.nan_to_num(modified, nan=0.0) >= started - CLOCK_SLACK_S)
+    done = logged & ~rewritten
+    read = np.flatnonzero(rewritten | recent)
     if len(read):
-        log.info("reprocess %s: reading %d marker(s) to check they name its checkpoint", record["run_id"], len(read))
+        log.info("reprocess %s: reading %d marker(s) its commit log does not vouch for", record["run_id"], len(read))
         sha = record["checkpoint"]["sha256"]
         since = str(record["created_at"])
 

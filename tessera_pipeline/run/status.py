@@ -155,11 +155,11 @@ def run_status(store_url: str, run_id: str | None = None, *, list_failed: int = 
     progress = runlog.load_progress(rid)
     lease = read_lease(store.backend)
     driver = None
-    if lease is not None:
+    if lease is not None and not lease.record.released:
         info = lease.record
         driver = {"run_id": info.run_id, "host": info.host, "pid": info.pid, "started_at": info.started_at,
                   "last_beat_s_ago": round(lease.age_s, 1), "lease_ttl_s": info.ttl_s,
-                  "generation": info.generation, "released": info.released}
+                  "generation": info.generation}
     return RunStatus(
         run_id=rid, kind=record.get("kind", "run"), created_at=record.get("created_at", ""), planned=len(plan),
         complete=complete, failed=len(failures), pending=len(plan) - complete - len(failures) - int(awaiting.sum()),

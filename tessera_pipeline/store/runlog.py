@@ -216,14 +216,19 @@ class RunLog:
 
     def committed_by(self, run_id: str) -> set[tuple[int, str]]:
         """The (year, tile) pairs this run's drivers logged as committed: one LIST plus one GET per page."""
+        return set(self.committed_by_when(run_id))
+
+    def committed_by_when(self, run_id: str) -> dict[tuple[int, str], float]:
+        """The (year, tile) pairs this run's drivers logged as committed, each with the last-modified time (the
+        store's clock) of the log page naming it: a marker modified later was rewritten since by someone else."""
         prefix = run_key(run_id, "commits/")
-        keys = [key for key, _ in self.backend.scan(prefix) if key.endswith(".tsv")]
-        found: set[tuple[int, str]] = set()
-        for raw in listing.parallel_map(self.backend.get, keys):
+        pages = [(key, when) for key, when in self.backend.scan(prefix) if key.endswith(".tsv")]
+        found: dict[tuple[int, str], float] = {}
+        for (_key, when), raw in zip(pages, listing.parallel_map(self.backend.get, [k for k, _ in pages])):
             for line in (raw or b"").decode().splitlines():
                 year, _, tile = line.partition("\t")
                 if year.isdigit() and layout.is_tile(tile):
-                    found.add((int(year), tile))
+                    found[(int(year), tile)] = max(when, found.get((int(year), tile), when))
         return found
 
     # --- failures ------------------------------------------------------------------------
