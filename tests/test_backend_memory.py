@@ -7,7 +7,9 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 
+from tessera_pipeline.run.lease import LeaseHeldError, StoreLease
 from tessera_pipeline.store import TileStore, write_encoded_tile
 from tessera_pipeline.store.backends import MemoryBackend, memory_bucket, open_backend
 
@@ -97,3 +99,17 @@ def test_one_committed_tile_makes_exactly_these_requests() -> None:
     assert write(TILE) == {"GET": 6, "PUT": 15, "HEAD": 0, "DELETE": 0, "LIST": 1}
     assert write(TILE) == {"GET": 6, "PUT": 14, "HEAD": 0, "DELETE": 1, "LIST": 3}
     assert TileStore(url).read_tile(YEAR, TILE, verify=True).embeddings.tobytes() == emb.tobytes()
+
+
+def test_a_lease_lapses_on_the_buckets_clock() -> None:
+    """The run lease (put_if + get_timed) works on memory://: held, then lapsed once the bucket's clock moves."""
+    url = fresh_url()
+    StoreLease(open_backend(url), "A", ttl_s=30.0).acquire()
+    with pytest.raises(LeaseHeldError, match="in use by run A .*last beat 0 s ago"):
+        StoreLease(open_backend(url), "B", ttl_s=30.0).acquire()
+    backend = open_backend(url)
+    assert isinstance(backend, MemoryBackend)
+    backend.bucket.clock.advance(120)
+    with pytest.raises(LeaseHeldError, match="last beat 120 s ago.*lapsed"):
+        StoreLease(backend, "B", ttl_s=30.0).acquire()
+    StoreLease(backend, "B", ttl_s=30.0, takeover=True).acquire()
