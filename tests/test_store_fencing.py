@@ -275,7 +275,7 @@ def test_store_ignoring_conditional_headers_falls_back_and_warns(
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_port}")
         url = f"s3://{bucket}/store"
         backend = open_backend(url)
-        with caplog.at_level(logging.WARNING, logger="tessera_pipeline.store.backend"):
+        with caplog.at_level(logging.WARNING, logger="tessera_pipeline.store.backends.s3"):
             assert backend.conditional_writes is False
             assert backend.put_if("k", b"one", tag=None)
             assert not backend.put_if("k", b"two", tag=None)
