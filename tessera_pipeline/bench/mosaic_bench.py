@@ -1,9 +1,10 @@
 """The `mosaic` driver's own cost at a global year, with no cluster: the real planning (zone grids, shard jobs) over
 every land tile of the globe, then the real submission/wait loop (publish/shard_pool.py) over no-op shard builds.
 
-Run one figure per process (peak RSS is the process's): `python -m tessera_pipeline.bench.mosaic_bench --shards N
-[--loop window|submit-all]`. `submit-all` is the loop mosaic ran before the window (every shard submitted at once,
-one wait per finished shard over every pending handle), kept here to measure it side by side.
+`python -m tessera_pipeline.bench.mosaic_bench --shards N1 N2 ... [--loop window|submit-all] [--repeat 3]` plans
+once and drives each count of shards `--repeat` times (peak RSS is the process's). `submit-all` is the loop mosaic
+ran before the window (every shard submitted at once, one wait per finished shard over every pending handle), kept
+here to measure it side by side.
 """
 
 from __future__ import annotations
@@ -88,27 +89,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plan_and_drive(shards: int | None, loop: str, *, every: int = 1, window: int = BENCH_WINDOW) -> dict[str, Any]:
-    """Plan a mosaic of the globe's land tiles (every `every`-th), then drive the first `shards` shard jobs
-    (all when None) through `loop` with no-op builds; the seconds of each step and the peak RSS."""
+def plan_and_drive(sizes: Sequence[int | None], loop: str, *, repeat: int = 3, every: int = 1,
+                   window: int = BENCH_WINDOW) -> dict[str, Any]:
+    """Plan a mosaic of the globe's land tiles (every `every`-th) once, then drive the first n shard jobs (all when
+    None) through `loop` with no-op builds, `repeat` times per n: the seconds of each step and the peak RSS."""
     mask = load_landmask("globe")
     t0 = time.perf_counter()
     refs = global_refs(mask, every=every)
     t1 = time.perf_counter()
     grids = mosaic.zone_grids(refs, mask)
     t2 = time.perf_counter()
-    jobs = mosaic.shard_jobs(refs, grids, 2024)[:shards]
+    jobs = mosaic.shard_jobs(refs, grids, 2024)
     t3 = time.perf_counter()
-    executor = NoOpShards()
-    built: list[str] = []
-    LOOPS[loop](jobs, executor, window, lambda job, result: built.append(result[0]))
-    t4 = time.perf_counter()
-    if sorted(built) != sorted(mosaic.record_key(j) for j in jobs):
-        raise AssertionError("the loop did not build every shard exactly once")
-    return {"tiles": len(refs), "zones": len(grids), "shards": len(jobs), "loop": loop, "window": window,
-            "most_in_flight": executor.most_in_flight, "refs_s": round(t1 - t0, 2),
-            "zone_grids_s": round(t2 - t1, 2), "shard_jobs_s": round(t3 - t2, 2), "loop_s": round(t4 - t3, 2),
-            "peak_rss_mb": round(peak_rss_mb())}
+    out: dict[str, Any] = {"tiles": len(refs), "zones": len(grids), "shards": len(jobs), "refs_s": round(t1 - t0, 2),
+                           "zone_grids_s": round(t2 - t1, 2), "shard_jobs_s": round(t3 - t2, 2),
+                           "planned_rss_mb": round(peak_rss_mb()), "loop": loop, "window": window, "runs": []}
+    for size in sizes:
+        todo = jobs[:size]
+        seconds = []
+        for _ in range(repeat):
+            executor = NoOpShards()
+            built: list[str] = []
+            t4 = time.perf_counter()
+            LOOPS[loop](todo, executor, window, lambda job, result: built.append(result[0]))
+            seconds.append(time.perf_counter() - t4)
+            if sorted(built) != sorted(mosaic.record_key(j) for j in todo):
+                raise AssertionError("the loop did not build every shard exactly once")
+        out["runs"].append({"shards": len(todo), "most_in_flight": executor.most_in_flight,
+                            "loop_s": [round(s, 3) for s in sorted(seconds)], "peak_rss_mb": round(peak_rss_mb())})
+    return out
 
 
 def zone_grid_scaling(everies: Sequence[int] = (64, 16, 4, 1)) -> list[dict[str, Any]]:
@@ -128,7 +137,8 @@ def zone_grid_scaling(everies: Sequence[int] = (64, 16, 4, 1)) -> list[dict[str,
 def main() -> None:
     """One figure as a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shards", type=int, default=None, help="shards to drive (default: every one)")
+    parser.add_argument("--shards", type=int, nargs="+", default=[None], help="shard counts to drive (default: all)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the loop per shard count")
     parser.add_argument("--loop", choices=sorted(LOOPS), default="window")
     parser.add_argument("--every", type=int, default=1, help="plan every N-th land tile")
     parser.add_argument("--zone-scaling", action="store_true", help="time zone grid planning at 4 tile counts")
@@ -136,7 +146,7 @@ def main() -> None:
     if args.zone_scaling:
         print(json.dumps(zone_grid_scaling()))
     else:
-        print(json.dumps(plan_and_drive(args.shards, args.loop, every=args.every)))
+        print(json.dumps(plan_and_drive(args.shards, args.loop, repeat=args.repeat, every=args.every)))
 
 
 if __name__ == "__main__":
