@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tessera_pipeline.errors import PublishError, StoreIntegrityError
-from tessera_pipeline.grid import N_LAT, index_from_point
+from tessera_pipeline.grid import N_LAT, TileSet, index_from_point, indices_from_names
 from tessera_pipeline.landmask import LandMask
 from tessera_pipeline.read import lattice
 from tessera_pipeline.read.index import TileRef
@@ -82,10 +82,19 @@ def record_bytes(job: ShardJob, left_out: Iterable[str] = ()) -> bytes:
                        "tiles": held}, sort_keys=True, indent=1).encode()
 
 
-def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -> list[ShardJob]:
-    """Every shard the tiles touch, with the tiles overlapping it (in (lon, lat) order)."""
+def centres(refs: Sequence[TileRef]) -> np.ndarray:
+    """The (lon, lat) centres of the tiles, shape (n, 2): their names looked up at once, not parsed one by one."""
+    ix, iy = indices_from_names([r.tile for r in refs])
+    cells = TileSet(ix=ix, iy=iy)
+    return np.stack([cells.lon, cells.lat], axis=1)
+
+
+def shard_jobs(refs: Sequence[TileRef], grids: dict[int, ZoneGrid], year: int) -> list[ShardJob]:
+    """Every shard the tiles touch, with the tiles overlapping it (in (lon, lat) order: TileRef.overlay_order)."""
     touching: dict[tuple[int, int, int], list[TileRef]] = {}
-    for ref in sorted(refs, key=lambda r: r.overlay_order):
+    lonlat = centres(refs)
+    for k in np.lexsort((lonlat[:, 1], lonlat[:, 0])).tolist():
+        ref = refs[k]
         zone = lattice.zone_of_epsg(ref.epsg)
         grid = grids[zone]
         row0, col0 = lattice.tile_origin(ref.transform, ref.epsg)
@@ -99,20 +108,31 @@ def shard_jobs(refs: Iterable[TileRef], grids: dict[int, ZoneGrid], year: int) -
     return [ShardJob(zone, year, sr, sc, tuple(tiles)) for (zone, sr, sc), tiles in sorted(touching.items())]
 
 
+def _by_zone(zones: np.ndarray) -> dict[int, np.ndarray]:
+    """The indices of each zone's entries, in their order: one sort, not a scan of every entry per zone."""
+    order = np.argsort(zones, kind="stable")
+    found, starts = np.unique(zones[order], return_index=True)
+    return {int(z): part for z, part in zip(found.tolist(), np.split(order, starts[1:]))}
+
+
 def zone_grids(refs: list[TileRef], landmask: LandMask) -> dict[int, ZoneGrid]:
-    """A grid per zone the tiles are in, laid over the zone's land tiles and these tiles (geotessera's rule)."""
-    from tessera_pipeline.grid import CELLS_PER_DEGREE, parse_tile_name, utm_zone
+    """A grid per zone the tiles are in, laid over the zone's land tiles and these tiles (geotessera's rule).
+
+    Tiles and land cells are grouped by zone once (linear in the tiles, whatever the number of zones)."""
+    from tessera_pipeline.grid import CELLS_PER_DEGREE, utm_zone
 
     land_iy, land_ix = np.nonzero(landmask.grid)
     land_lon = land_ix / CELLS_PER_DEGREE - 180.0 + 0.05
     land_lat = land_iy / CELLS_PER_DEGREE - 90.0 + 0.05
-    land_zone = utm_zone(land_lon)
+    land_of = _by_zone(np.asarray(utm_zone(land_lon)))
+    lonlat = centres(refs)
+    tiles_of = _by_zone(np.array([lattice.zone_of_epsg(r.epsg) for r in refs], np.int64))
+    none = np.zeros(0, np.int64)
     grids = {}
-    for zone in sorted({lattice.zone_of_epsg(r.epsg) for r in refs}):
-        centres = np.array([parse_tile_name(r.tile) for r in refs if lattice.zone_of_epsg(r.epsg) == zone])
-        sel = land_zone == zone
-        lons = np.concatenate([land_lon[sel], centres[:, 0]])
-        lats = np.concatenate([land_lat[sel], centres[:, 1]])
+    for zone, mine in tiles_of.items():
+        land = land_of.get(zone, none)
+        lons = np.concatenate([land_lon[land], lonlat[mine, 0]])
+        lats = np.concatenate([land_lat[land], lonlat[mine, 1]])
         grids[zone] = lattice.zone_grid(zone, lons, lats)
     return grids
 

@@ -1,5 +1,6 @@
 """Running a mosaic: plan the shards from the committed tiles (or a release), lay out the zone store, and build the
-stale shards as Ray tasks (one fresh worker process per shard: a shard needs ~2.2 GB while it is built)."""
+stale shards as Ray tasks (one fresh worker process per shard: a shard needs ~2.2 GB while it is built), a bounded
+window of them in flight (publish/shard_pool.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera_pipeline.errors import PublishError, StoreError, TesseraError
+from tessera_pipeline.errors import StoreError
 from tessera_pipeline.landmask import LandMask, load_landmask
-from tessera_pipeline.publish import mosaic, zone_store
+from tessera_pipeline.publish import mosaic, shard_pool, zone_store
+from tessera_pipeline.publish.shard_pool import RayShards, ShardResult
 from tessera_pipeline.read import lattice
 from tessera_pipeline.read.index import TableIndex, TileRef
 from tessera_pipeline.read.lattice import ZoneGrid
@@ -127,27 +129,6 @@ def _build_one(job: mosaic.ShardJob, grid: ZoneGrid, time_index: int, store_url:
     return key, left_out
 
 
-def _outcome(ref: Any, job: mosaic.ShardJob) -> tuple[str, dict[str, str]]:
-    """A shard task's result; its failure as the typed error raised inside the task (one line, naming the cause),
-    not Ray's wrapper with the remote traceback."""
-    import ray
-    from ray.exceptions import RayError, RayTaskError
-
-    try:
-        result: tuple[str, dict[str, str]] = ray.get(ref)
-        return result
-    except RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, TesseraError):
-            raise cause from None
-        raise PublishError(f"shard utm{job.zone:02d} {job.row}_{job.col} of {job.year}: "
-                           f"{type(cause).__name__}: {cause}") from None
-    except RayError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise PublishError(f"shard utm{job.zone:02d} {job.row}_{job.col} of {job.year}: {type(exc).__name__}: "
-                           f"{first}") from None
-
-
 def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | None = None, release: str | None = None,
                landmask: str | LandMask | None = "globe", address: str | None = None, local_cpus: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> MosaicReport:
@@ -159,7 +140,8 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
     t0 = time.monotonic()
     refs, attrs, what, left_out = source_refs(store_url, year, release)
     if zones:
-        refs = [r for r in refs if lattice.zone_of_epsg(r.epsg) in set(zones)]
+        wanted = set(zones)
+        refs = [r for r in refs if lattice.zone_of_epsg(r.epsg) in wanted]
     if not refs:
         raise StoreError(f"no committed tiles of {year} to mosaic in {store_url}" + (f" zones {zones}" if zones else ""))
     mask = landmask if isinstance(landmask, LandMask) else load_landmask(landmask)
@@ -180,19 +162,19 @@ def run_mosaic(store_url: str, year: int, out_url: str, *, zones: list[int] | No
                          log_to_driver=False)
             started = True
         try:
-            task = ray.remote(max_calls=1, num_cpus=1, memory=SHARD_TASK_MEMORY)(_build_one)
             mask_ref = ray.put(mask)
-            pending = {task.remote(job, grids[job.zone], times[job.zone], store_url, out_url, mask_ref): job
-                       for job in todo}
-            done = 0
-            while pending:
-                ready, _rest = ray.wait(list(pending), num_returns=1)
-                key, left = _outcome(ready[0], pending.pop(ready[0]))
+            executor = RayShards(_build_one, lambda job: (grids[job.zone], times[job.zone], store_url, out_url,
+                                                          mask_ref), SHARD_TASK_MEMORY)
+
+            def finished(_job: mosaic.ShardJob, result: ShardResult) -> None:
+                """Note a built shard and the tiles it left out."""
+                key, left = result
                 report.rebuilt.append(key)
                 report.left_out.update(left)
-                done += 1
                 if on_progress is not None:
-                    on_progress(done, len(todo))
+                    on_progress(len(report.rebuilt), len(todo))
+
+            shard_pool.drive(todo, executor, RayShards.window(), finished)
         finally:
             if started:
                 ray.shutdown()
