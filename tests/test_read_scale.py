@@ -42,6 +42,27 @@ def _origins(ix: np.ndarray, iy: np.ndarray, centred: bool) -> tuple[np.ndarray,
     return g["epsg"], np.floor(x / 10) * 10 - 40, np.floor(y / 10) * 10 + 40
 
 
+def write_real(store: TileStore, ix: np.ndarray, iy: np.ndarray) -> None:
+    """Commit 8 x 8 tiles at these cells' centre pixels: every pixel has data, scale 0.001 x (k + 1) for the k-th."""
+    names = names_from_index(ix, iy)
+    epsg, x0, y0 = _origins(ix, iy, centred=True)
+    emb = np.full((8, 8, 128), 127, np.int8)
+    for k, name in enumerate(names):
+        store.write_tile(YEAR, name, emb, np.full((8, 8), 0.001 * (k + 1), np.float32), epsg=int(epsg[k]),
+                         transform=(10.0, 0.0, float(x0[k]), 0.0, -10.0, float(y0[k])), provenance={})
+
+
+def points_on(ix: np.ndarray, iy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A point (lon, lat) at a random pixel of the 8 x 8 raster `write_real` puts at each of these cells."""
+    epsg, x, y = _origins(ix, iy, centred=True)
+    x, y = x + 10 * rng.integers(0, 8, len(x)) + 5, y - 10 * rng.integers(0, 8, len(y)) - 5
+    lon, lat = np.zeros(len(x)), np.zeros(len(x))
+    for code in np.unique(epsg):
+        sel = epsg == code
+        lon[sel], lat[sel] = lattice.unproject(x[sel], y[sel], int(code) % 100)
+    return np.stack([lon, lat], 1)
+
+
 def build(root: Path) -> np.ndarray:
     """Write the store; return the 10^5 points (half on real tiles' pixels, half at other cells' centres)."""
     store = TileStore(str(root))
@@ -49,11 +70,7 @@ def build(root: Path) -> np.ndarray:
     ix, iy = _cells()
     names = names_from_index(ix, iy)
     real = np.arange(0, len(ix), REAL_EVERY)
-    epsg, x0, y0 = _origins(ix[real], iy[real], centred=True)
-    emb = np.full((8, 8, 128), 127, np.int8)
-    for k, i in enumerate(real.tolist()):
-        store.write_tile(YEAR, names[i], emb, np.full((8, 8), 0.001 * (k + 1), np.float32), epsg=int(epsg[k]),
-                         transform=(10.0, 0.0, float(x0[k]), 0.0, -10.0, float(y0[k])), provenance={})
+    write_real(store, ix[real], iy[real])
     template = json.loads(store.backend.get(layout.marker_key(YEAR, names[0])) or b"{}")
     fake = np.setdiff1d(np.arange(len(ix)), real)
     epsg_f, x_f, y_f = _origins(ix[fake], iy[fake], centred=False)
@@ -64,21 +81,14 @@ def build(root: Path) -> np.ndarray:
         (folder / f"{names[i]}{layout.MARKER_SUFFIX}").write_text(json.dumps(marker))
     rng = np.random.default_rng(3)
     on_real = rng.choice(real, POINTS // 2)
-    epsg_p, xp, yp = _origins(ix[on_real], iy[on_real], centred=True)
-    xp, yp = xp + 10 * rng.integers(0, 8, len(xp)) + 5, yp - 10 * rng.integers(0, 8, len(yp)) - 5
-    lon, lat = np.zeros(len(xp)), np.zeros(len(xp))
-    for code in np.unique(epsg_p):
-        sel = epsg_p == code
-        lon[sel], lat[sel] = lattice.unproject(xp[sel], yp[sel], int(code) % 100)
     elsewhere = rng.choice(fake, POINTS - POINTS // 2, replace=False)
     g = geometry_arrays(ix[elsewhere], iy[elsewhere])
-    return np.concatenate([np.stack([lon, lat], 1), np.stack([g["lon"], g["lat"]], 1)])
+    return np.concatenate([points_on(ix[on_real], iy[on_real], rng), np.stack([g["lon"], g["lat"]], 1)])
 
 
 def child(root: str, points: str) -> None:
     """Sample the points and print the peak RSS (MB), the seconds `sample_points` took and the statuses' counts, as
     JSON (`python tests/test_read_scale.py STORE POINTS.npy`: the benchmark in docs/benchmarks.md)."""
-    import resource
     import time
 
     from tessera_pipeline.grid import N_LON
@@ -89,7 +99,9 @@ def child(root: str, points: str) -> None:
     start = time.perf_counter()
     got = reader.sample_points(np.load(points), YEAR)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss across fork and exec
+    status = Path("/proc/self/status").read_text().split("\n")
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     scales = sorted(set(got.scales[got.status == "valid"].astype(np.float64).round(3).tolist()))[:3]
     print(json.dumps({"peak_mb": peak, "seconds": seconds, "counts": got.counts(), "scales": scales}))
 
