@@ -9,6 +9,7 @@ Faults, each counted in `.counts` under its name:
 - "outage": while `proxy.outage` is True every request fails, alternately 503 and dropped.
 Targeted rules (`add_rule`) are consumed in the order they were added, before the random faults.
 `ignore_conditional = True` strips If-Match / If-None-Match from PUTs: a store that ignores them.
+`latency_s` delays every request by that long before it is forwarded: S3's first-byte latency, for benchmarks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import http.client
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +69,7 @@ class FlakyProxy(ThreadingHTTPServer):
         self.rules: list[Rule] = []
         self.outage = False
         self.ignore_conditional = False
+        self.latency_s = 0.0
         self._outage_n = 0
 
     def taken(self, method: str, contains: str = "") -> int:
@@ -136,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         body = self._body()
         outcome = self.server.decide(self.command, self.path)
+        if self.server.latency_s:
+            time.sleep(self.server.latency_s)
         if outcome == "drop":
             self._hang_up()
             return

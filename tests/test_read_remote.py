@@ -146,3 +146,27 @@ def test_points_read_from_a_public_bucket_without_credentials(s3_block: str, mon
         np.testing.assert_array_equal(got.embeddings, want_points.embeddings)
         assert list(got.status) == list(want_points.status)
         np.testing.assert_array_equal(reader.read_region(box, YEAR).values, want_region)
+
+
+#: Four committed tiles whose centre pixel has data, and a water cell west of the block (no tile near it).
+CENTRES = ((17.75, 79.55), (17.75, 79.65), (17.85, 79.55), (17.85, 79.65))
+WATER = (17.45, 79.65)
+
+
+def test_points_make_exactly_the_requests_they_need(s3_block: str, proxied: Any) -> None:
+    """Points at four tiles' centres and one over water: through markers, one marker GET per cell that can hold a
+    point (not nine), and per tile read its group metadata, scales, shard index and one chunk (and a HEAD before each
+    whole-object GET, s3fs asking its size); through a release, the same without the marker GETs. A change that adds
+    a request fails here."""
+    pts = np.array(CENTRES + (WATER,))
+    proxy = proxied(0.0)
+    readers = {"markers": open_reader(s3_block, landmask=landmask()),
+               "release": open_reader(s3_block, release="r1", landmask=landmask())}
+    per_tile = 4  # zarr.json, scales/c/0/0, the embeddings shard index, one 128 x 128 chunk of the shard
+    want = {"markers": len(pts) + per_tile * len(CENTRES), "release": per_tile * len(CENTRES)}
+    for how, reader in readers.items():
+        proxy.requests.clear()
+        got = reader.sample_points(pts, YEAR)
+        assert list(got.status) == ["valid"] * len(CENTRES) + ["water"], how
+        assert proxy.taken("GET") == want[how], (how, proxy.requests)
+        assert proxy.taken("HEAD") == 2 * len(CENTRES) == len(proxy.requests) - want[how], (how, proxy.requests)
