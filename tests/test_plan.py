@@ -453,7 +453,8 @@ def test_published_rows_never_join_the_cheapest_fleet_beside_our_own_rows() -> N
         assert fleet["items"], fleet
         assert not {i["profile"] for i in fleet["items"]} & published
         assert {i["basis"] for i in fleet["items"]} <= {"measured", "projected"}
-    from tessera_pipeline.plan.prices import load_prices, price_profiles
+    from tessera_pipeline.plan.prices import load_prices
+    from tessera_pipeline.plan.profiles import price_profiles
 
     profiles = price_profiles([p.with_prices(0.0001, 0.0001) if p.basis == "published" else p for p in builtin_profiles()],
                               load_prices())

@@ -83,7 +83,8 @@ def plan(region: RegionRequest, model: str, profile_files: tuple[Path, ...], no_
     from tessera_pipeline import plan as planning
     from tessera_pipeline.plan.bill import Assumptions
     from tessera_pipeline.plan.clouds import mixes_by_cloud
-    from tessera_pipeline.plan.prices import load_prices, price_profiles
+    from tessera_pipeline.plan.prices import load_prices
+    from tessera_pipeline.plan.profiles import price_profiles
     from tessera_pipeline.plan.profiles import find_profile, parse_assignments
 
     if plot_dir is not None:

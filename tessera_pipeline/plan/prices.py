@@ -7,19 +7,14 @@ among them, naming the cloud, instance, source and date of every price.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tessera_pipeline.errors import ConfigError, format_validation_error
 from tessera_pipeline.precision import CPU_CORES_PER_ACTOR
-
-if TYPE_CHECKING:
-    from tessera_pipeline.plan.profiles import Profile
 
 BUILTIN_PRICES = "prices.yaml"
 
@@ -106,27 +101,3 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
 def offering_name(profile: str, offering: Offering) -> str:
     """The name of a profile priced by one offering: `h100@runpod/1x_H100_SECURE`."""
     return f"{profile}@{offering.cloud.lower()}/{offering.instance}"
-
-
-def price_profiles(profiles: Iterable[Profile], table: PriceTable) -> list[Profile]:
-    """Each profile that asks for table prices and has none of its own, once per offering of its class; others as they are.
-
-    A priced copy's machine price is the instance's divided by the machines it holds (`Offering.units`).
-    """
-    out: list[Profile] = []
-    for p in profiles:
-        own = p.usd_per_hour is not None or p.usd_per_hour_spot is not None
-        offerings = table.for_class(p.hw_class) if p.price_from_table and not own else []
-        if not offerings:
-            out.append(p)
-            continue
-        for o in offerings:
-            spot = None if o.spot is None else o.spot / o.units
-            cited = f"{o.cloud} {o.instance} ({o.accelerator}, {o.region}): {table.cite(o)}"
-            if o.spot is not None and o.spot_source:
-                cited += f"; spot: {table.cite(o, spot=True)}"
-            out.append(p.model_copy(update={"name": offering_name(p.name, o), "machine": o.instance, "family": p.name,
-                                            "offering": o, "usd_per_hour": o.on_demand / o.units,
-                                            "usd_per_hour_spot": spot, "price_source": cited,
-                                            "price_date": table.sources[o.source].date}))
-    return out

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tessera_pipeline.errors import ArgumentError, ConfigError, format_validation_error
-from tessera_pipeline.plan.prices import Offering
+from tessera_pipeline.plan.prices import Offering, PriceTable, offering_name
 from tessera_pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -293,3 +293,27 @@ def find_profile(profiles: Iterable[Profile], key: str) -> Profile:
         if key in (p.name, p.machine, p.family):
             return p
     raise ArgumentError(f"no profile named {key!r}; profiles: {', '.join(p.name for p in profiles)}")
+
+
+def price_profiles(profiles: Iterable[Profile], table: PriceTable) -> list[Profile]:
+    """Each profile that asks for table prices and has none of its own, once per offering of its class; others as they are.
+
+    A priced copy's machine price is the instance's divided by the machines it holds (`Offering.units`).
+    """
+    out: list[Profile] = []
+    for p in profiles:
+        own = p.usd_per_hour is not None or p.usd_per_hour_spot is not None
+        offerings = table.for_class(p.hw_class) if p.price_from_table and not own else []
+        if not offerings:
+            out.append(p)
+            continue
+        for o in offerings:
+            spot = None if o.spot is None else o.spot / o.units
+            cited = f"{o.cloud} {o.instance} ({o.accelerator}, {o.region}): {table.cite(o)}"
+            if o.spot is not None and o.spot_source:
+                cited += f"; spot: {table.cite(o, spot=True)}"
+            out.append(p.model_copy(update={"name": offering_name(p.name, o), "machine": o.instance, "family": p.name,
+                                            "offering": o, "usd_per_hour": o.on_demand / o.units,
+                                            "usd_per_hour_spot": spot, "price_source": cited,
+                                            "price_date": table.sources[o.source].date}))
+    return out
