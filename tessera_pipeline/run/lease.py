@@ -208,8 +208,12 @@ class StoreLease:
             log.debug("lease re-read after a fenced commit failed: %s", exc)
         if holder is not None and self._still_mine(holder):
             return
-        if not self.lost.is_set():
-            self._deposed(holder) if holder is not None else self._give_up(message)
+        if self.lost.is_set():
+            return
+        if holder is not None:
+            self._deposed(holder)
+        else:
+            self._give_up(message)
 
     def unrenewed_s(self) -> float:
         """Seconds since the last renewal the store confirmed (measured from before it was sent)."""
